@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .registry import Spec, build, register
 
@@ -74,7 +75,10 @@ class RPReLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = _shape(self.channels, self.dim, x.dim())
         y = x - self.shift_in.view(shape)
-        y = torch.where(y >= 0, y, y * self.slope.view(shape))
+        if self.dim in (1, 1 - x.dim()) or x.dim() == 1:  # channels at dim 1: aten's fused prelu
+            y = F.prelu(y, self.slope)
+        else:
+            y = torch.where(y >= 0, y, y * self.slope.view(shape))
         return y + self.shift_out.view(shape)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,124 @@
+"""Training throughput (img/s) of binary ResNet-20 variants against the fp32 ResNet-20.
+
+    python benchmarks/train_throughput.py [--batch 128 --threads 2 --steps 30 --compile]
+
+Runs forward + backward + SGD step on random 32x32 batches, interleaving the models over
+several rounds so that drifting machine load affects them alike; reports the median img/s
+per model and each model's ratio to fp32, and writes results/train_throughput.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import onebit
+
+MODELS = {
+    "fp32 resnet20": ("resnet20", {}),
+    "bireal_resnet20 (clipped STE)": ("bireal_resnet20", {"input_binarizer": "clipped_ste"}),
+    "bireal_resnet20 (ReSTE o_end=3)": ("bireal_resnet20", {"input_binarizer": {"name": "reste", "o_end": 3},
+                                                           "weight_binarizer": {"name": "reste", "o_end": 3},
+                                                           "scale": "tensor"}),
+    "reactnet_resnet20": ("reactnet_resnet20", {}),
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    return sorted({f for f in ("avx2", "avx512f", "avx512vpopcntdq") if f" {f}" in text})
+
+
+def time_steps(model, opt, x, y, steps: int, channels_last: bool) -> float:
+    model.train()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return x.shape[0] * steps / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    ap.add_argument("--out", default="results/train_throughput.json")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+
+    runs = {}
+    for label, (name, kw) in MODELS.items():
+        model = onebit.create_model(name, **kw)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        runs[label] = (model, opt)
+        if args.compile:
+            cm = torch.compile(model)
+            runs[label + " [compiled]"] = (cm, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+
+    for label, (model, opt) in runs.items():  # warm-up (and compilation)
+        time_steps(model, opt, x, y, 3, args.channels_last)
+    samples = {label: [] for label in runs}
+    for _ in range(args.rounds):
+        for label, (model, opt) in runs.items():
+            samples[label].append(time_steps(model, opt, x, y, args.steps, args.channels_last))
+
+    fp = statistics.median(samples["fp32 resnet20"])
+    rows = []
+    for label, s in samples.items():
+        med = statistics.median(s)
+        rows.append({"model": label, "img_per_s": round(med, 1), "ratio_to_fp32": round(med / fp, 3),
+                     "rounds": [round(v, 1) for v in s]})
+        print(f"{label:40s} {med:8.1f} img/s   {med / fp:5.2f}x fp32")
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    out = {
+        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
+        "commit": commit, "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads,
+        "batch": args.batch, "steps_per_round": args.steps, "channels_last": args.channels_last,
+        "torch": torch.__version__, "python": platform.python_version(), "results": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

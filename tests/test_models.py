@@ -1,0 +1,126 @@
+"""Registry, parameter counts against hand counts, forward/backward of every model."""
+import pytest
+import torch
+
+import onebit
+from onebit.layers import BinaryConv2d, BinaryLayer
+from onebit.models.blocks import BinaryUnit, ZeroPadShortcut
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def conv(k, cin, cout):
+    return k * k * cin * cout
+
+
+def bn(c):
+    return 2 * c
+
+
+def hand_count_bireal_imagenet(depths):
+    """Bi-Real ResNet: 7x7 stem + BN, one 3x3 binary conv + BN per unit (2 units per basic
+    block), down-sampling shortcut = avgpool + 1x1 conv + BN, fc 512 -> 1000 with bias."""
+    total = conv(7, 3, 64) + bn(64)
+    cin = 64
+    for stage, (d, w) in enumerate(zip(depths, (64, 128, 256, 512))):
+        for b in range(d):
+            for u in range(2):
+                total += conv(3, cin, w) + bn(w)
+                if cin != w:
+                    total += conv(1, cin, w) + bn(w)
+                cin = w
+    return total + 512 * 1000 + 1000
+
+
+@pytest.mark.parametrize("name,depths,known", [("bireal_resnet18", (2, 2, 2, 2), 11_689_512),
+                                               ("bireal_resnet34", (3, 4, 6, 3), 21_797_672)])
+def test_binary_imagenet_resnet_parameter_counts(name, depths, known):
+    m = onebit.create_model(name)
+    assert n_params(m) == hand_count_bireal_imagenet(depths) == known
+    n_binary = sum(1 for x in m.modules() if isinstance(x, BinaryLayer))
+    assert n_binary == 2 * sum(depths)  # every 3x3 conv inside blocks, nothing else
+
+
+def test_cifar_resnet20_counts():
+    # 0.27 M parameters (reference.md); 18 binary 3x3 convs in the blocks
+    m = onebit.create_model("bireal_resnet20")
+    assert 0.265e6 < n_params(m) < 0.275e6
+    assert sum(1 for x in m.modules() if isinstance(x, BinaryConv2d)) == 18
+    assert not isinstance(m.stem[0], BinaryLayer) and not isinstance(m.fc, BinaryLayer)
+    assert isinstance(m.stages[1][0][0].shortcut, ZeroPadShortcut)
+
+
+def test_reactnet_style_uses_rsign_and_rprelu():
+    m = onebit.create_model("reactnet_resnet18")
+    unit = m.stages[0][0][0]
+    assert type(unit.conv.input_binarizer).__name__ == "RSign"
+    assert type(unit.act).__name__ == "RPReLU"
+
+
+def test_binary_stem_and_head_are_configurable():
+    m = onebit.create_model("bireal_resnet20", binary_stem=True, binary_head=True)
+    assert isinstance(m.stem[0], BinaryLayer) and m.stem[0].input_binarizer is None
+    assert isinstance(m.fc, BinaryLayer)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_binary_unit_closed_form():
+    torch.manual_seed(0)
+    unit = BinaryUnit(4, 4, 1, binary={"input_binarizer": "ste", "weight_binarizer": "ste", "scale": "none"},
+                      act="identity").eval()
+    x = torch.randn(1, 4, 5, 5)
+    wb = torch.where(unit.conv.weight >= 0, 1.0, -1.0)
+    y = torch.nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0), wb, padding=1)
+    expect = unit.bn(y) + x
+    assert torch.allclose(unit(x), expect, atol=1e-5)
+
+
+def test_zero_pad_shortcut():
+    s = ZeroPadShortcut(2, 4, 2)
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    y = s(x)
+    assert y.shape == (1, 4, 2, 2)
+    assert torch.equal(y[:, 1:3], x[:, :, ::2, ::2]) and y[:, 0].abs().sum() == 0 and y[:, 3].abs().sum() == 0
+
+
+def test_overrides_reach_every_binary_layer():
+    m = onebit.create_model("bireal_resnet20", input_binarizer={"name": "reste", "o_end": 3},
+                            weight_binarizer="reste", scale="tensor", num_classes=100)
+    convs = [x for x in m.modules() if isinstance(x, BinaryConv2d)]
+    assert all(type(c.input_binarizer).__name__ == "ReSTE" and c.scale == "tensor" for c in convs)
+    assert m.fc.out_features == 100
+
+
+@pytest.mark.parametrize("name", onebit.list_models())
+def test_every_registry_model_runs_forward_and_backward(name):
+    torch.manual_seed(0)
+    m = onebit.create_model(name)
+    size = 32 if ("resnet20" in name or "cifar" in name) else 64
+    x = torch.randn(2, 3, size, size)
+    y = m(x)
+    assert y.shape == (2, m.num_classes) and torch.isfinite(y).all()
+    y.square().mean().backward()
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads), "some parameter got no gradient"
+    assert sum(g.abs().sum().item() for g in grads) > 0
+    m.eval()
+    with torch.no_grad():
+        assert m(x).shape == y.shape
+
+
+def test_unknown_model_and_bad_kwargs():
+    with pytest.raises(ValueError, match="unknown model 'resnet21'.*did you mean"):
+        onebit.create_model("resnet21")
+    with pytest.raises(ValueError, match="unknown shortcut"):
+        onebit.create_model("bireal_resnet20", shortcut="maxpool")
+    with pytest.raises(ValueError, match="num_classes"):
+        onebit.create_model("resnet20", num_classes=0)
+    with pytest.raises(ValueError, match="expected images"):
+        onebit.create_model("resnet20")(torch.randn(3, 32, 32))
+
+
+def test_list_models_pattern():
+    assert onebit.list_models("bireal_*") == sorted(n for n in onebit.list_models() if n.startswith("bireal_"))
+    assert "reactnet_resnet34" in onebit.list_models()
