@@ -12,27 +12,88 @@ def cmd_list_models(args) -> int:
     return 0
 
 
+def cmd_list_recipes(args) -> int:
+    from .train.recipe import list_recipes, recipe_path
+    import yaml
+    for name in list_recipes():
+        desc = " ".join((yaml.safe_load(recipe_path(name).read_text()).get("description") or "").split())
+        print(f"{name:32s} {desc[:100]}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import load_recipe, train
+    recipe = load_recipe(args.recipe, args.set or [])
+    if recipe["data"]["name"] in ("folder", "cifar10", "cifar100") and not recipe["data"]["root"] and not args.resume:
+        raise ValueError(f"recipe {recipe['name']!r} reads {recipe['data']['name']} data but data.root is not set: "
+                         f"add --set data.root=PATH (a folder with train/<class>/*)")
+    res = train(recipe, args.out, resume=args.resume, force=args.force, quiet=args.quiet)
+    if res.get("interrupted"):
+        return 130
+    m = res["metrics"]
+    print(f"done: {res['recipe']}  best val top-1 {m['best_val_top1']}  final val top-1 {m['final_val_top1']}  "
+          f"({res['epochs']} epochs, {res['wall_time_s']:.0f} s) -> {args.out}/results.json")
+    return 0
+
+
+def load_for_eval(spec: str):
+    """(model, meta) from a checkpoint path or zoo:NAME."""
+    from .train.checkpoint import load_model
+    if spec.startswith("zoo:"):
+        from . import zoo
+        return zoo.load_with_meta(spec[4:])
+    return load_model(spec)
+
+
+def eval_dataset(data: str, split: str, class_names: list[str]):
+    from . import data as D
+    if data == "sample":
+        return D.load_sample("val" if split == "val" else split)
+    return D.load_image_folder(data, split, class_names=class_names)
+
+
+def cmd_eval(args) -> int:
+    import json
+    from . import data as D
+    from .train.evaluate import confusion_text, evaluate
+    model, meta = load_for_eval(args.checkpoint)
+    ds = eval_dataset(args.data, args.split, meta["class_names"])
+    size = meta["input_size"][-1]
+    tf = D.Normalize(meta["mean"], meta["std"])
+    if ds.is_stacked and ds.images.shape[1] != size or not ds.is_stacked:
+        tf = D.Compose([D.Resize(int(round(size / 0.875)) if size > 64 else size), D.CenterCrop(size), tf])
+    loader = D.BatchLoader(ds, args.batch_size, transform=tf)
+    res = evaluate(model, loader, list(meta["class_names"]))
+    res = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split, **res}
+    if args.png:
+        from .analysis_plots import confusion_png
+        confusion_png(res, args.png)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{args.checkpoint} on {args.data} [{args.split}]: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
+              f"n={res['n']}")
+        for name, acc in res["per_class"].items():
+            print(f"  {name:12s} {'-' if acc is None else f'{acc:.1f}%'}")
+        print(confusion_text(res))
+    return 0
+
+
 def cmd_demo(args) -> int:
-    """Smoke run of the main job: a binary ResNet-20 takes a few training steps on synthetic data."""
+    """The main job on the embedded sample: train a ReSTE binary ResNet-20, evaluate it, print accuracy."""
     import time
-
-    import torch
-    import torch.nn.functional as F
-
-    from . import create_model, set_progress
-    torch.manual_seed(0)
-    model = create_model("bireal_resnet20", input_binarizer="reste", weight_binarizer="reste")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
-    t0 = time.perf_counter()
-    for step in range(args.steps):
-        set_progress(model, step / max(1, args.steps - 1))
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        print(f"step {step + 1}/{args.steps}  loss {loss.item():.4f}")
-    print(f"{args.steps} steps in {time.perf_counter() - t0:.1f} s")
+    from pathlib import Path
+    from .train import load_recipe, train
+    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    sets = list(args.set or []) + ([f"train.epochs={args.epochs}"] if args.epochs else [])
+    recipe = load_recipe("demo-reste-resnet20-sample", sets)
+    print(f"onebit demo: training {recipe['model']['name']} (ReSTE) on the embedded CIFAR-10 sample -> {out}")
+    res = train(recipe, out, force=args.force)
+    if res.get("interrupted"):
+        return 130
+    m = res["metrics"]
+    print(f"validation top-1 {m['final_val_top1']:.2f}% (best {m['best_val_top1']:.2f}%) on {res['n_val']} held-out "
+          f"images after {res['epochs']} epochs, {res['wall_time_s']:.0f} s")
     return 0
 
 
@@ -43,8 +104,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*")
     p.add_argument("--pretrained", action="store_true", help="only names with zoo weights")
     p.set_defaults(fn=cmd_list_models)
+    p = sub.add_parser("list-recipes", help="list the recipes that ship with onebit")
+    p.set_defaults(fn=cmd_list_recipes)
+    p = sub.add_parser("train", help="train a model from a recipe")
+    p.add_argument("--recipe", required=True, help="recipe name (onebit list-recipes) or a .yaml path")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--force", action="store_true", help="start over in an existing run directory")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a checkpoint or zoo:NAME on an image folder")
+    p.add_argument("checkpoint", help="checkpoint path or zoo:NAME")
+    p.add_argument("--data", required=True, help="image folder ROOT (with ROOT/<split>/<class>/*) or 'sample'")
+    p.add_argument("--split", default="val", help="sub-folder to evaluate (val or test)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--png", help="also write the confusion matrix as a PNG here")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("demo", help="the main job on the embedded default data")
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--out", help="run directory (default runs/demo-<time>)")
+    p.add_argument("--epochs", type=int, help="override the demo's epochs")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE")
+    p.add_argument("--force", action="store_true")
     p.set_defaults(fn=cmd_demo)
     return ap
 

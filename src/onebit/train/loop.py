@@ -1,0 +1,376 @@
+"""The training loop: one loop for every model and recipe.
+
+    from onebit.train import train, load_recipe
+    results = train(load_recipe("reste-resnet20-cifar10", ["data.root=/data/cifar10"]), "runs/reste")
+
+The run directory receives ``recipe.yaml``, ``metrics.jsonl`` (one JSON row per epoch),
+``last.pt`` (every epoch, and on interruption at the current batch), ``best.pt`` (best
+validation top-1) and, at the end, ``results.json``.  ``resume=True`` continues from
+``last.pt`` exactly: model, optimizer, epoch and batch position, RNG state, schedules, and
+the partial sums of an interrupted epoch, so an interrupted run ends with the same
+metrics as an uninterrupted one.  Schedules are functions of progress: t = epoch /
+(epochs - 1) (or step / (steps - 1) with ``train.progress: step``), so the last epoch
+trains at t = 1.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+from .. import data as D
+from ..binarize import set_progress
+from ..models import create_model
+from . import checkpoint as C
+from .distill import LogitsKD, Teacher
+from .evaluate import evaluate
+from .optim import build_optimizer, lr_at, set_lr
+from .recipe import apply_overrides
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------- set-up pieces
+
+def machine_info() -> dict:
+    cpu, flags = platform.processor(), []
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        cpu = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
+        flags = sorted({f for f in ("avx2", "avx512f", "avx512vpopcntdq") if f" {f}" in text})
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpu_flags": flags, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
+
+
+def data_stats(data_cfg: dict) -> tuple[list, list]:
+    if data_cfg["mean"] is not None and data_cfg["std"] is not None:
+        return list(data_cfg["mean"]), list(data_cfg["std"])
+    if data_cfg["name"] == "cifar100":
+        return list(D.CIFAR100_MEAN), list(D.CIFAR100_STD)
+    if data_cfg["train_transform"] == "imagenet":
+        return list(D.IMAGENET_MEAN), list(D.IMAGENET_STD)
+    return list(D.CIFAR10_MEAN), list(D.CIFAR10_STD)
+
+
+def build_transforms(data_cfg: dict):
+    """(train transform, eval transform) from the recipe's data section."""
+    mean, std = data_stats(data_cfg)
+    size = data_cfg["image_size"]
+    norm = D.Normalize(mean, std)
+    ra = data_cfg.get("randaugment")
+    extra = [D.RandAugment(**ra)] if ra else []
+    kind = data_cfg["train_transform"]
+    if kind == "cifar":
+        train = D.Compose([D.RandomCrop(size, padding=4), D.RandomHorizontalFlip(0.5), *extra, norm])
+    elif kind == "imagenet":
+        train = D.Compose([D.RandomResizedCrop(size), D.RandomHorizontalFlip(0.5), *extra, norm])
+    elif kind == "none":
+        train = norm
+    else:
+        raise ValueError(f"unknown data.train_transform {kind!r}; allowed: cifar, imagenet, none")
+    kind = data_cfg["eval_transform"]
+    if kind in ("cifar", "none"):
+        ev = norm
+    elif kind == "imagenet":
+        ev = D.Compose([D.Resize(int(round(size / 0.875))), D.CenterCrop(size), norm])
+    else:
+        raise ValueError(f"unknown data.eval_transform {kind!r}; allowed: cifar, imagenet, none")
+    return train, ev
+
+
+def build_teacher(spec: str) -> nn.Module:
+    """A teacher from a checkpoint path, ``zoo:NAME`` or a registry name (pretrained)."""
+    if spec.startswith("zoo:"):
+        return create_model(spec[4:], pretrained=True)
+    if Path(spec).suffix in (".pt", ".pth") or Path(spec).is_file():
+        return C.load_model(spec)[0]
+    return create_model(spec, pretrained=True)
+
+
+def stage_list(recipe: dict) -> list[dict]:
+    """[{name, epochs, recipe}] -- one stage unless the recipe has ``stages``."""
+    if not recipe.get("stages"):
+        return [{"name": "main", "epochs": recipe["train"]["epochs"], "recipe": recipe}]
+    out = []
+    for i, st in enumerate(recipe["stages"]):
+        if not isinstance(st, dict) or "epochs" not in st:
+            raise ValueError(f"recipe stage {i} must be a mapping with 'epochs' (and optional 'name', 'set')")
+        sets = [f"{k}={json.dumps(v)}" for k, v in (st.get("set") or {}).items()]
+        r = apply_overrides({**recipe, "stages": None}, sets + [f"train.epochs={int(st['epochs'])}"])
+        out.append({"name": st.get("name", f"stage{i + 1}"), "epochs": int(st["epochs"]), "recipe": r})
+    return out
+
+
+def _seed(*parts: int) -> int:
+    import numpy as np
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+# ----------------------------------------------------------------------------- the run
+
+class Run:
+    """State and files of one training run (possibly several stages)."""
+
+    def __init__(self, recipe: dict, out_dir, resume: bool = False, force: bool = False, quiet: bool = False,
+                 stop_after_steps: int | None = None):
+        self.recipe, self.out = recipe, Path(out_dir)
+        self.quiet, self.stop_after_steps = quiet, stop_after_steps
+        last = self.out / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise ValueError(f"cannot resume: {last} does not exist (start the run without --resume)")
+        elif self.out.exists() and any(self.out.iterdir()):
+            if not force:
+                raise ValueError(f"run directory {str(self.out)!r} already exists; use --resume to continue it "
+                                 f"or --force to start over in it")
+            for name in ("last.pt", "best.pt", "metrics.jsonl", "results.json"):
+                if (self.out / name).exists():
+                    (self.out / name).unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.resume_state = C.load(last) if resume else None
+        if self.resume_state is not None:
+            self.recipe = self.resume_state["recipe"]
+        else:
+            (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
+        self.interrupted = False
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, flush=True)
+
+    def _on_signal(self, signum, frame):
+        self.interrupted = True
+
+    def run(self) -> dict:
+        recipe = self.recipe
+        tcfg = recipe["train"]
+        if tcfg["threads"]:
+            torch.set_num_threads(int(tcfg["threads"]))
+        torch.manual_seed(int(recipe["seed"]))
+        train_ds, val_ds = D.build_dataset(recipe["data"])
+        self.train_ds, self.val_ds = train_ds, val_ds
+        stages = stage_list(recipe)
+        start_stage = self.resume_state["stage"] if self.resume_state else 0
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        t0 = time.time() - (self.resume_state.get("wall_time", 0.0) if self.resume_state else 0.0)
+        self.t0 = t0
+        try:
+            prev_state = None
+            for si in range(start_stage, len(stages)):
+                model = self.run_stage(si, stages[si], prev_state)
+                if self.interrupted:
+                    self.log(f"interrupted: state saved in {self.out / 'last.pt'}; continue with --resume")
+                    return {"interrupted": True}
+                prev_state = {k: v.clone() for k, v in model.state_dict().items()}
+                self.resume_state = None
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        return self.write_results(time.time() - t0)
+
+    def run_stage(self, si: int, stage: dict, prev_state: dict | None) -> nn.Module:
+        recipe, tcfg = stage["recipe"], stage["recipe"]["train"]
+        epochs = stage["epochs"]
+        mcfg = dict(recipe["model"])
+        name = mcfg.pop("name")
+        mcfg.setdefault("num_classes", self.train_ds.num_classes)
+        model = create_model(name, **mcfg)
+        if prev_state is not None:
+            C.load_state(model, prev_state, f"stage {si} initialisation from stage {si - 1}")
+        opt = build_optimizer(model, tcfg)
+        kd = recipe.get("kd")
+        distiller = None
+        if kd:
+            if "teacher" not in kd:
+                raise ValueError("kd needs a 'teacher': a checkpoint path, zoo:NAME or a registry name")
+            distiller = LogitsKD(Teacher(build_teacher(str(kd["teacher"]))), kd.get("temperature", 1.0),
+                                 kd.get("alpha", 1.0), kd.get("loss", "soft_ce"), tcfg["label_smoothing"])
+        train_tf, eval_tf = build_transforms(recipe["data"])
+        seed = int(recipe["seed"])
+        loader = D.BatchLoader(self.train_ds, tcfg["batch_size"], shuffle=True, transform=train_tf,
+                               seed=_seed(seed, si), drop_last=True)
+        val_loader = (D.BatchLoader(self.val_ds, tcfg["eval_batch_size"], transform=eval_tf)
+                      if self.val_ds is not None else None)
+        steps_per_epoch = len(loader)
+        if steps_per_epoch == 0:
+            raise ValueError(f"batch_size {tcfg['batch_size']} is larger than the training set ({len(self.train_ds)})")
+        total = epochs * steps_per_epoch
+        warmup = int(round(tcfg["warmup_epochs"] * steps_per_epoch))
+
+        start_epoch, start_batch, running, best, history = 0, 0, None, None, []
+        rs = self.resume_state
+        if rs is not None and rs["stage"] == si:
+            C.load_state(model, rs["model"], str(self.out / "last.pt"))
+            opt.load_state_dict(rs["optimizer"])
+            start_epoch, start_batch, running = rs["epoch"], rs["batch"], rs.get("running")
+            best, history = rs.get("best"), rs.get("history", [])
+            torch.set_rng_state(rs["rng"])
+            self.log(f"resuming stage {stage['name']} at epoch {start_epoch + 1}, batch {start_batch}")
+        self.meta = {"model": name, "model_kwargs": mcfg, "class_names": list(self.train_ds.class_names),
+                     "mean": data_stats(recipe["data"])[0], "std": data_stats(recipe["data"])[1],
+                     "input_size": [3, recipe["data"]["image_size"], recipe["data"]["image_size"]],
+                     "recipe": recipe["name"], "progress": 0.0}
+        tag = f"[{stage['name']}] " if len(stage_list(self.recipe)) > 1 else ""
+        for epoch in range(start_epoch, epochs):
+            if tcfg["progress"] == "epoch":
+                t = epoch / max(1, epochs - 1)
+                set_progress(model, t)
+                self.meta["progress"] = t
+            loader.set_epoch(epoch, start_batch)
+            sums = running or {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0}
+            model.train()
+            from tqdm import tqdm
+            bar = tqdm(loader, total=steps_per_epoch, initial=start_batch, disable=self.quiet or None,
+                       desc=f"{tag}epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+            batch = start_batch
+            t_epoch = time.time()
+            for x, y in bar:
+                step = epoch * steps_per_epoch + batch
+                if tcfg["progress"] == "step":
+                    t = step / max(1, total - 1)
+                    set_progress(model, t)
+                    self.meta["progress"] = t
+                set_lr(opt, lr_at(step, total, warmup, tcfg["lr"], tcfg["warmup_lr"], tcfg["min_lr"]))
+                target = y
+                mix = recipe["data"]
+                if mix["mixup"] or mix["cutmix"]:
+                    g = torch.Generator().manual_seed(_seed(seed, si, epoch, batch, 7))
+                    use_cutmix = mix["cutmix"] > 0 and (not mix["mixup"] or torch.rand((), generator=g) < 0.5)
+                    fn = D.cutmix if use_cutmix else D.mixup
+                    x, target = fn(x, y, mix["cutmix"] if use_cutmix else mix["mixup"],
+                                   num_classes=self.train_ds.num_classes, generator=g,
+                                   smoothing=tcfg["label_smoothing"])
+                logits = model(x)
+                if distiller is not None:
+                    loss = distiller.loss(logits, x, target, self.meta["progress"])
+                else:
+                    loss = F.cross_entropy(logits, target, label_smoothing=0.0 if target.dim() > 1
+                                           else tcfg["label_smoothing"])
+                lv = loss.item()
+                if not math.isfinite(lv):
+                    raise TrainingDiverged(
+                        f"loss became {lv} at epoch {epoch + 1}, batch {batch}; the last good checkpoint is "
+                        f"{self.out / 'last.pt'} (lower train.lr or set train.grad_clip)")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tcfg["grad_clip"]:
+                    nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+                opt.step()
+                sums["loss"] += lv * len(y)
+                sums["correct"] += (logits.argmax(1) == y).sum().item()
+                sums["n"] += len(y)
+                batch += 1
+                if not self.quiet and bar.disable and (batch % tcfg["log_every"] == 0):
+                    self.log(f"{tag}epoch {epoch + 1}/{epochs} batch {batch}/{steps_per_epoch} "
+                             f"loss {sums['loss'] / sums['n']:.4f}")
+                elapsed = sums["time"] + time.time() - t_epoch
+                bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}", acc=f"{100 * sums['correct'] / sums['n']:.1f}",
+                                img_s=f"{(batch - start_batch) * len(y) / max(1e-9, time.time() - t_epoch):.0f}")
+                self.steps_done = getattr(self, "steps_done", 0) + 1
+                if self.stop_after_steps is not None and self.steps_done >= self.stop_after_steps:
+                    self.interrupted = True
+                if self.interrupted and batch < steps_per_epoch:
+                    sums["time"] = elapsed
+                    self.save_last(model, opt, si, epoch, batch, sums, best, history)
+                    bar.close()
+                    return model
+            bar.close()
+            epoch_time = sums["time"] + time.time() - t_epoch
+            row = {"stage": stage["name"], "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
+                   "progress": self.meta["progress"], "train_loss": sums["loss"] / sums["n"],
+                   "train_top1": 100.0 * sums["correct"] / sums["n"], "epoch_time": epoch_time,
+                   "img_per_s": sums["n"] / max(1e-9, epoch_time)}
+            for m in model.modules():
+                if hasattr(m, "o") and isinstance(getattr(m, "o"), float):
+                    row["reste_o"] = m.o
+                    break
+            if val_loader is not None:
+                ev = evaluate(model, val_loader, list(self.train_ds.class_names))
+                row.update(val_top1=ev["top1"], val_top5=ev["top5"], val_loss=ev["loss"])
+                is_best = best is None or ev["top1"] > best["val_top1"]
+            else:
+                is_best = True
+            history.append(row)
+            if is_best:
+                best = dict(row)
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.log(f"{tag}epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%"
+                     + (f"  val {row['val_top1']:.2f}%" if "val_top1" in row else "")
+                     + f"  {row['img_per_s']:.0f} img/s  {epoch_time:.0f}s")
+            start_batch, running = 0, None
+            self.save_last(model, opt, si, epoch + 1, 0, None, best, history)
+            if is_best and si == len(stage_list(self.recipe)) - 1:
+                shutil.copyfile(self.out / "last.pt", self.out / "best.pt.tmp")
+                os.replace(self.out / "best.pt.tmp", self.out / "best.pt")
+            if self.interrupted:
+                return model
+        self.history, self.best, self.model = history, best, model
+        self.all_history = getattr(self, "all_history", []) + history
+        return model
+
+    def save_last(self, model, opt, si, epoch, batch, running, best, history) -> None:
+        state = {"model": model.state_dict(), "meta": self.meta, "optimizer": opt.state_dict(), "stage": si,
+                 "epoch": epoch, "batch": batch, "running": running, "best": best, "history": history,
+                 "rng": torch.get_rng_state(), "recipe": self.recipe, "wall_time": time.time() - self.t0}
+        C.save_atomic(state, self.out / "last.pt")
+
+    def write_results(self, wall: float) -> dict:
+        rows = [json.loads(l) for l in (self.out / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        final = rows[-1]
+        last_stage = [r for r in rows if r["stage"] == final["stage"]]
+        best = max(last_stage, key=lambda r: r.get("val_top1", r["train_top1"]))
+        results = {
+            "recipe": self.recipe["name"],
+            "overrides": self.recipe.get("overrides", []),
+            "model": self.meta["model"],
+            "commit": git_commit(),
+            "epochs": len(rows),
+            "wall_time_s": round(wall, 1),
+            "machine": machine_info(),
+            "data": {k: self.recipe["data"][k] for k in ("name", "root", "val_split")},
+            "n_train": len(self.train_ds),
+            "n_val": len(self.val_ds) if self.val_ds is not None else 0,
+            "metrics": {"final_val_top1": final.get("val_top1"), "final_val_top5": final.get("val_top5"),
+                        "best_val_top1": best.get("val_top1"), "best_epoch": best["epoch"],
+                        "final_train_top1": final["train_top1"], "final_train_loss": final["train_loss"]},
+        }
+        (self.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        return results
+
+
+def train(recipe: dict, out_dir, resume: bool = False, force: bool = False, quiet: bool = False,
+          stop_after_steps: int | None = None) -> dict:
+    """Train ``recipe`` into ``out_dir``; returns the results dict (also written to results.json).
+
+    ``stop_after_steps`` simulates an interruption (as SIGINT/SIGTERM would) after that many
+    optimizer steps: the state is saved to last.pt and {"interrupted": True} is returned.
+    """
+    return Run(recipe, out_dir, resume, force, quiet, stop_after_steps).run()

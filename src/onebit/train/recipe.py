@@ -1,0 +1,180 @@
+"""Recipes: plain YAML files plus dotted command-line overrides checked against the recipe's types.
+
+    recipe = load_recipe("reste-resnet20-cifar10", ["train.epochs=10", "data.root=/data/cifar10"])
+
+A recipe name is looked up in onebit's recipe folder (``onebit list-recipes``); a path to
+a YAML file works too.  Every recipe is merged over :data:`DEFAULTS`, so a recipe only
+says what differs.  An override may only set a key that exists (in the recipe or the
+defaults), with a value of a compatible type (YAML syntax: ``1e-3``, ``true``, ``null``,
+``{name: reste, o_end: 3}``); anything else is a one-line ValueError.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+DEFAULTS: dict = {
+    "name": None,
+    "description": "",
+    "seed": 0,
+    "model": {"name": None},
+    "data": {
+        "name": "sample",            # sample | folder | cifar10 | cifar100 | synthetic
+        "root": None,
+        "val_split": None,           # e.g. {per_class: 500, seed: 0}
+        "train_transform": "cifar",  # cifar | imagenet | none
+        "eval_transform": "cifar",   # cifar | imagenet | none
+        "image_size": 32,
+        "mean": None,                # null: the data set's standard statistics
+        "std": None,
+        "randaugment": None,         # e.g. {num_ops: 2, magnitude: 7, magnitude_std: 0.5}
+        "mixup": 0.0,
+        "cutmix": 0.0,
+    },
+    "train": {
+        "epochs": 1,
+        "batch_size": 128,
+        "eval_batch_size": 256,
+        "optimizer": "sgd",          # sgd | adam | adamw
+        "lr": 0.1,
+        "momentum": 0.9,
+        "nesterov": False,
+        "betas": [0.9, 0.999],
+        "weight_decay": 1e-4,        # real-valued weights (conv / linear)
+        "binary_weight_decay": None, # latent binary weights; null = same as weight_decay
+        "warmup_epochs": 0,
+        "warmup_lr": 0.0,
+        "min_lr": 0.0,
+        "label_smoothing": 0.0,
+        "grad_clip": None,
+        "amp": False,                # mixed precision, GPU only
+        "progress": "epoch",         # when schedules advance: epoch | step
+        "threads": None,             # torch threads; null: torch's default
+        "log_every": 50,
+        "tensorboard": False,
+    },
+    "kd": None,                      # {teacher: PATH | zoo:NAME | registry name, temperature, alpha}
+    "stages": None,                  # two-stage training: list of {name, epochs, set: {key: value}}
+    "overrides": [],                 # filled by load_recipe: the command-line overrides applied
+}
+
+
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def recipe_path(name_or_path: str) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ValueError(f"recipe file {name_or_path!r} does not exist")
+        return p
+    p = RECIPE_DIR / f"{name_or_path}.yaml"
+    if not p.is_file():
+        raise ValueError(f"unknown recipe {name_or_path!r}; available: {', '.join(list_recipes())} "
+                         f"(or give a path to a .yaml file)")
+    return p
+
+
+def _check_type(key: str, old: Any, new: Any) -> Any:
+    """New value for ``key`` if its type is compatible with the old one."""
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool) or isinstance(new, bool):
+        if isinstance(old, bool) and isinstance(new, bool):
+            return new
+    elif isinstance(old, (int, float)) and isinstance(new, (int, float)):
+        return float(new) if isinstance(old, float) else (new if isinstance(new, int) else _int_or_fail(key, new))
+    elif isinstance(old, str) and isinstance(new, str):
+        return new
+    elif isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return list(new)
+    elif isinstance(old, dict) and isinstance(new, dict):
+        return new
+    elif isinstance(old, (str, dict)) and isinstance(new, (str, dict)):  # binarizer specs: name or dict
+        return new
+    raise ValueError(f"override {key}={new!r}: expected a {type(old).__name__} like {old!r}, "
+                     f"got a {type(new).__name__}")
+
+
+def _int_or_fail(key: str, v: float) -> int:
+    if float(v).is_integer():
+        return int(v)
+    raise ValueError(f"override {key}={v!r}: expected an integer")
+
+
+def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``key.sub=value`` strings (values in YAML syntax), checking keys and types."""
+    recipe = copy.deepcopy(recipe)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.sub=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {key}: value {text!r} is not valid YAML ({e.problem})") from None
+        node, parts = recipe, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node.get(part), dict):
+                if node.get(part) is None and part in node:
+                    node[part] = {}
+                else:
+                    raise ValueError(f"unknown recipe key {'.'.join(parts[:i + 1])!r} in override {item!r}")
+            node = node[part]
+        last = parts[-1]
+        if last not in node:
+            # open sections (model options, kd, data.val_split) accept new keys
+            if not _open_section(parts[:-1]):
+                raise ValueError(f"unknown recipe key {key!r}; known keys here: {', '.join(sorted(node))}")
+            node[last] = value
+        else:
+            node[last] = _check_type(key, node[last], value)
+    return recipe
+
+
+def _open_section(path: list[str]) -> bool:
+    return bool(path) and path[0] in ("model", "kd", "stages") or path[:2] in (["data", "val_split"],
+                                                                               ["data", "randaugment"])
+
+
+def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
+    """The recipe merged over the defaults, with overrides applied and checked."""
+    path = recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"recipe {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"recipe {path} must be a YAML mapping")
+    unknown = set(raw) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"recipe {path} has unknown top-level keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    for section in ("data", "train"):
+        bad = set(raw.get(section) or {}) - set(DEFAULTS[section])
+        if bad:
+            raise ValueError(f"recipe {path}: unknown {section} keys {sorted(bad)}; known: {sorted(DEFAULTS[section])}")
+    recipe = _merge(DEFAULTS, raw)
+    recipe["name"] = recipe["name"] or path.stem
+    overrides = list(overrides)
+    recipe = apply_overrides(recipe, overrides)
+    recipe["overrides"] = overrides
+    if not recipe["model"].get("name"):
+        raise ValueError(f"recipe {path} names no model (model.name)")
+    return recipe
