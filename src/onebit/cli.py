@@ -23,11 +23,18 @@ def cmd_list_recipes(args) -> int:
 
 def cmd_train(args) -> int:
     from .train import load_recipe, train
-    recipe = load_recipe(args.recipe, args.set or [])
-    if recipe["data"]["name"] in ("folder", "cifar10", "cifar100") and not recipe["data"]["root"] and not args.resume:
-        raise ValueError(f"recipe {recipe['name']!r} reads {recipe['data']['name']} data but data.root is not set: "
-                         f"add --set data.root=PATH (a folder with train/<class>/*)")
-    res = train(recipe, args.out, resume=args.resume, force=args.force, quiet=args.quiet)
+    data_root = None
+    if args.resume:  # the run's own recipe is used; only the data location may change
+        sets = args.set or []
+        if any(not s.startswith("data.root=") for s in sets):
+            raise ValueError("with --resume only --set data.root=PATH may be given (the run keeps its recipe)")
+        data_root = sets[-1].split("=", 1)[1] if sets else None
+        recipe = None
+    elif not args.recipe:
+        raise ValueError("train needs --recipe NAME|FILE (or --resume to continue a run)")
+    else:
+        recipe = load_recipe(args.recipe, args.set or [])
+    res = train(recipe, args.out, resume=args.resume, force=args.force, quiet=args.quiet, data_root=data_root)
     if res.get("interrupted"):
         return 130
     m = res["metrics"]
@@ -107,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list-recipes", help="list the recipes that ship with onebit")
     p.set_defaults(fn=cmd_list_recipes)
     p = sub.add_parser("train", help="train a model from a recipe")
-    p.add_argument("--recipe", required=True, help="recipe name (onebit list-recipes) or a .yaml path")
+    p.add_argument("--recipe", help="recipe name (onebit list-recipes) or a .yaml path (not needed with --resume)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")

@@ -139,7 +139,7 @@ class Run:
     """State and files of one training run (possibly several stages)."""
 
     def __init__(self, recipe: dict, out_dir, resume: bool = False, force: bool = False, quiet: bool = False,
-                 stop_after_steps: int | None = None):
+                 stop_after_steps: int | None = None, data_root: str | None = None):
         self.recipe, self.out = recipe, Path(out_dir)
         self.quiet, self.stop_after_steps = quiet, stop_after_steps
         last = self.out / "last.pt"
@@ -157,6 +157,8 @@ class Run:
         self.resume_state = C.load(last) if resume else None
         if self.resume_state is not None:
             self.recipe = self.resume_state["recipe"]
+            if data_root is not None:  # the data may have moved between sessions
+                self.recipe["data"]["root"] = data_root
         else:
             (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
         self.interrupted = False
@@ -174,7 +176,11 @@ class Run:
         if tcfg["threads"]:
             torch.set_num_threads(int(tcfg["threads"]))
         torch.manual_seed(int(recipe["seed"]))
-        train_ds, val_ds = D.build_dataset(recipe["data"])
+        dcfg = recipe["data"]
+        if dcfg["name"] in ("folder", "cifar10", "cifar100") and not dcfg["root"]:
+            raise ValueError(f"recipe {recipe['name']!r} reads {dcfg['name']} data but data.root is not set: "
+                             f"add --set data.root=PATH")
+        train_ds, val_ds = D.build_dataset({k: v for k, v in dcfg.items() if v is not None})
         self.train_ds, self.val_ds = train_ds, val_ds
         stages = stage_list(recipe)
         start_stage = self.resume_state["stage"] if self.resume_state else 0
@@ -367,10 +373,11 @@ class Run:
 
 
 def train(recipe: dict, out_dir, resume: bool = False, force: bool = False, quiet: bool = False,
-          stop_after_steps: int | None = None) -> dict:
+          stop_after_steps: int | None = None, data_root: str | None = None) -> dict:
     """Train ``recipe`` into ``out_dir``; returns the results dict (also written to results.json).
 
-    ``stop_after_steps`` simulates an interruption (as SIGINT/SIGTERM would) after that many
+    On resume the recipe stored in the run is used; ``data_root`` may point it at data
+    that moved.  ``stop_after_steps`` simulates an interruption (as SIGINT/SIGTERM would) after that many
     optimizer steps: the state is saved to last.pt and {"interrupted": True} is returned.
     """
-    return Run(recipe, out_dir, resume, force, quiet, stop_after_steps).run()
+    return Run(recipe, out_dir, resume, force, quiet, stop_after_steps, data_root).run()

@@ -11,10 +11,26 @@ defaults), with a value of a compatible type (YAML syntax: ``1e-3``, ``true``, `
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but reading 1e-3 as a float (YAML 1.2), not as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)$|^[-+]?[0-9][0-9_]*\.[0-9_]*$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -35,6 +51,10 @@ DEFAULTS: dict = {
         "randaugment": None,         # e.g. {num_ops: 2, magnitude: 7, magnitude_std: 0.5}
         "mixup": 0.0,
         "cutmix": 0.0,
+        "download": False,           # cifar10/cifar100: fetch where a network exists
+        "n": None,                   # synthetic: training images, validation images, classes
+        "val_n": None,
+        "num_classes": None,
     },
     "train": {
         "epochs": 1,
@@ -127,7 +147,7 @@ def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
         key, text = item.split("=", 1)
         key = key.strip()
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = parse_yaml(text) if text.strip() else None
         except yaml.YAMLError as e:
             raise ValueError(f"override {key}: value {text!r} is not valid YAML ({e.problem})") from None
         node, parts = recipe, key.split(".")
@@ -158,7 +178,7 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
     """The recipe merged over the defaults, with overrides applied and checked."""
     path = recipe_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = parse_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"recipe {path} is not valid YAML: {e}") from None
     if not isinstance(raw, dict):

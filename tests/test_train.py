@@ -1,0 +1,240 @@
+"""Trainer, recipes, optimizers, schedules, KD, checkpoints and the CLI (on synthetic data)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from PIL import Image
+
+import onebit
+from onebit.cli import main as cli
+from onebit.train import (DEFAULTS, LogitsKD, Teacher, TrainingDiverged, apply_overrides, kl_div, list_recipes,
+                          load_recipe, lr_at, param_groups, soft_cross_entropy, train)
+from onebit.train import checkpoint as C
+
+SYNTH = {"name": "synthetic", "n": 96, "val_n": 32, "num_classes": 4, "train_transform": "none",
+         "eval_transform": "none"}
+
+
+def tiny_recipe(tmp_path, **train_over):
+    r = {"model": {"name": "bireal_resnet20", "input_binarizer": {"name": "reste", "o_end": 3}},
+         "data": SYNTH, "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "lr": 0.05,
+                                   "warmup_epochs": 1, "threads": 1, **train_over}}
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(r))
+    return p
+
+
+def rows(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- recipes
+
+def test_shipped_recipes_load():
+    names = list_recipes()
+    for n in ("fp-resnet20-cifar10", "ste-resnet20-cifar10", "reste-resnet20-cifar10", "reactnet-resnet20-cifar10"):
+        assert n in names
+        r = load_recipe(n)
+        assert r["name"] == n and r["model"]["name"]
+        onebit.create_model(r["model"]["name"], **{k: v for k, v in r["model"].items() if k != "name"})
+    r = load_recipe("reste-resnet20-cifar10")
+    assert r["model"]["input_binarizer"] == {"name": "reste", "o_end": 3, "schedule": "cos"}
+
+
+def test_overrides_are_checked():
+    r = load_recipe("reste-resnet20-cifar10", ["train.epochs=3", "train.lr=0.5", "model.scale=tensor",
+                                               "data.root=/x", "train.grad_clip=5"])
+    assert r["train"]["epochs"] == 3 and r["train"]["lr"] == 0.5 and r["model"]["scale"] == "tensor"
+    assert r["overrides"] == ["train.epochs=3", "train.lr=0.5", "model.scale=tensor", "data.root=/x", "train.grad_clip=5"]
+    with pytest.raises(ValueError, match="unknown recipe key 'train.epoch'"):
+        load_recipe("reste-resnet20-cifar10", ["train.epoch=3"])
+    with pytest.raises(ValueError, match="expected a int"):
+        load_recipe("reste-resnet20-cifar10", ["train.epochs=many"])
+    with pytest.raises(ValueError, match="expected an integer"):
+        load_recipe("reste-resnet20-cifar10", ["train.epochs=2.5"])
+    with pytest.raises(ValueError, match="key.sub=value"):
+        load_recipe("reste-resnet20-cifar10", ["train.epochs"])
+    with pytest.raises(ValueError, match="unknown recipe 'nope'"):
+        load_recipe("nope")
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+def test_lr_schedule_closed_form():
+    base, total, warm = 0.1, 100, 10
+    assert lr_at(0, total, warm, base) == pytest.approx(0.01)
+    assert lr_at(9, total, warm, base) == pytest.approx(0.1)
+    assert lr_at(10, total, warm, base) == pytest.approx(0.1)
+    assert lr_at(55, total, warm, base) == pytest.approx(0.05)
+    assert lr_at(100, total, warm, base, min_lr=1e-3) == pytest.approx(1e-3)
+    assert lr_at(32, total, 0, base) == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.32)))
+
+
+def test_param_groups_split_binary_real_and_no_decay():
+    m = onebit.create_model("reactnet_resnet20")
+    groups = {g["group"]: g for g in param_groups(m, 1e-3, 1e-8)}
+    assert groups["binary"]["weight_decay"] == 1e-8 and groups["real"]["weight_decay"] == 1e-3
+    assert groups["no_decay"]["weight_decay"] == 0.0
+    assert len(groups["binary"]["params"]) == 18  # the 18 binary 3x3 convs
+    ids = {id(p) for p in groups["no_decay"]["params"]}
+    assert id(m.fc.bias) in ids and id(m.stem[1].weight) in ids
+    assert id(m.fc.weight) in {id(p) for p in groups["real"]["params"]}
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(m.parameters()))
+
+
+# ---------------------------------------------------------------- distillation
+
+def test_kd_losses_closed_form():
+    torch.manual_seed(0)
+    s, t = torch.randn(5, 7), torch.randn(5, 7)
+    for T in (1.0, 4.0):
+        pt = F.softmax(t / T, -1)
+        ce = -(pt * F.log_softmax(s / T, -1)).sum(-1).mean() * T * T
+        entropy = -(pt * pt.log()).sum(-1).mean() * T * T
+        assert soft_cross_entropy(s, t, T).item() == pytest.approx(ce.item(), rel=1e-5)
+        assert kl_div(s, t, T).item() == pytest.approx((ce - entropy).item(), rel=1e-4, abs=1e-6)
+    assert kl_div(t, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_teacher_is_frozen_and_in_eval():
+    net = onebit.create_model("resnet20")
+    teacher = Teacher(net)
+    teacher.train()
+    assert not teacher.model.training
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    out = teacher(x)
+    assert not out.requires_grad and all(not p.requires_grad for p in net.parameters())
+    kd = LogitsKD(teacher, temperature=2.0, alpha=0.5)
+    s = torch.randn(2, 10, requires_grad=True)
+    y = torch.tensor([1, 2])
+    expect = 0.5 * soft_cross_entropy(s, out, 2.0) + 0.5 * F.cross_entropy(s, y)
+    assert kd.loss(s, x, y, 0.0).item() == pytest.approx(expect.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- the loop
+
+def test_train_writes_run_dir_and_results(tmp_path):
+    out = tmp_path / "run"
+    res = train(load_recipe(str(tiny_recipe(tmp_path))), out, quiet=True)
+    for f in ("recipe.yaml", "metrics.jsonl", "last.pt", "best.pt", "results.json"):
+        assert (out / f).is_file(), f
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == res
+    for key in ("recipe", "overrides", "commit", "epochs", "wall_time_s", "machine", "metrics"):
+        assert key in res
+    assert res["epochs"] == 2 and 0 <= res["metrics"]["final_val_top1"] <= 100
+    r = rows(out)
+    assert [x["epoch"] for x in r] == [1, 2]
+    assert r[0]["reste_o"] == pytest.approx(1.0) and r[1]["reste_o"] == pytest.approx(3.0)  # o: 1 -> o_end
+    model, meta = C.load_model(out / "best.pt")
+    assert meta["model"] == "bireal_resnet20" and meta["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=3)))
+    train(recipe, tmp_path / "a", quiet=True)
+    assert train(recipe, tmp_path / "b", quiet=True, stop_after_steps=4)["interrupted"]  # mid-epoch 2
+    assert train(None, tmp_path / "b", resume=True, quiet=True, stop_after_steps=3)["interrupted"]  # mid-epoch 3
+    train(None, tmp_path / "b", resume=True, quiet=True)
+    ra, rb = rows(tmp_path / "a"), rows(tmp_path / "b")
+    keys = ("train_loss", "train_top1", "val_top1", "val_loss", "lr")
+    assert [[r[k] for k in keys] for r in ra] == [[r[k] for k in keys] for r in rb]
+    sa = C.load(tmp_path / "a" / "last.pt")["model"]
+    sb = C.load(tmp_path / "b" / "last.pt")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_two_stage_training_initialises_stage_two_from_stage_one(tmp_path):
+    p = tiny_recipe(tmp_path)
+    r = yaml.safe_load(p.read_text())
+    r["model"] = {"name": "reactnet_resnet20"}
+    r["stages"] = [{"name": "acts", "epochs": 1, "set": {"model.weight_binarizer": None, "train.weight_decay": 1e-5}},
+                   {"name": "both", "epochs": 1, "set": {"train.weight_decay": 0.0}}]
+    p.write_text(yaml.safe_dump(r))
+    res = train(load_recipe(str(p)), tmp_path / "run", quiet=True)
+    assert [x["stage"] for x in rows(tmp_path / "run")] == ["acts", "both"]
+    assert res["epochs"] == 2
+    _, meta = C.load_model(tmp_path / "run" / "best.pt")
+    assert meta["model_kwargs"].get("weight_binarizer", "default") != None  # noqa: E711 (stage 2 is fully binary)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=3)))
+    out = tmp_path / "run"
+    real_ce = F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real_ce(*a, **k)
+        return loss * float("nan") if calls["n"] > 5 else loss  # epoch 1 (3 steps) + val eval is clean
+
+    monkeypatch.setattr("onebit.train.loop.F.cross_entropy", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        train(recipe, out, quiet=True)
+    assert C.load(out / "last.pt")["epoch"] == 1
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=1)))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep")
+    with pytest.raises(ValueError, match="already exists; use --resume"):
+        train(recipe, out, quiet=True)
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(None, tmp_path / "empty", resume=True, quiet=True)
+    assert (out / "precious.txt").read_text() == "keep"
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path):
+    m = onebit.create_model("resnet20")
+    C.save_atomic({"model": m.state_dict(), "meta": {"model": "bireal_resnet18_cifar"}}, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="holds weights of another model"):
+        C.load_model(tmp_path / "x.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot be read"):
+        C.load(tmp_path / "bad.pt")
+
+
+# ---------------------------------------------------------------- CLI
+
+def make_folder(root, classes, n=3, size=32):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
+def test_cli_train_eval_and_errors(tmp_path, capsys):
+    p = tiny_recipe(tmp_path, epochs=1)
+    out = tmp_path / "run"
+    assert cli(["train", "--recipe", str(p), "--out", str(out), "--quiet"]) == 0
+    assert cli(["train", "--recipe", str(p), "--out", str(out), "--quiet"]) == 2  # exists
+    assert "already exists" in capsys.readouterr().err
+    assert cli(["train", "--recipe", str(p), "--out", str(tmp_path / "r2"), "--set", "train.epochz=1"]) == 2
+    assert "unknown recipe key" in capsys.readouterr().err
+    # evaluate on a folder whose class folders are a subset, in another order: matched by name
+    make_folder(tmp_path / "imgs", ["class_3", "class_0"])
+    assert cli(["eval", str(out / "best.pt"), "--data", str(tmp_path / "imgs"), "--split", "test", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 6 and set(res) >= {"top1", "top5", "n", "per_class", "confusion"}
+    assert res["per_class"]["class_1"] is None and res["per_class"]["class_3"] is not None
+    make_folder(tmp_path / "other", ["dog"])
+    assert cli(["eval", str(out / "best.pt"), "--data", str(tmp_path / "other"), "--split", "test"]) == 2
+    assert "dog" in capsys.readouterr().err
+    assert cli(["train", "--recipe", "reste-resnet20-cifar10", "--out", str(tmp_path / "r3")]) == 2
+    assert "data.root is not set" in capsys.readouterr().err
+
+
+def test_yaml_reads_exponent_floats():
+    r = load_recipe("reste-resnet20-cifar10", ["train.lr=1e-3", "train.weight_decay=5e-05"])
+    assert r["train"]["lr"] == 1e-3 and r["train"]["weight_decay"] == 5e-5
