@@ -238,3 +238,24 @@ def test_cli_train_eval_and_errors(tmp_path, capsys):
 def test_yaml_reads_exponent_floats():
     r = load_recipe("reste-resnet20-cifar10", ["train.lr=1e-3", "train.weight_decay=5e-05"])
     assert r["train"]["lr"] == 1e-3 and r["train"]["weight_decay"] == 5e-5
+
+
+def test_zoo_roundtrip(tmp_path, monkeypatch):
+    from onebit import zoo
+    out = tmp_path / "run"
+    train(load_recipe(str(tiny_recipe(tmp_path, epochs=1))), out, quiet=True)
+    zdir = tmp_path / "zoo"
+    zdir.mkdir()
+    monkeypatch.setattr(zoo, "ZOO_DIR", zdir)
+    assert onebit.list_models(pretrained=True) == []
+    zoo.add(out / "best.pt", "tiny_synthetic", zoo_dir=zdir)
+    assert onebit.list_models(pretrained=True) == ["tiny_synthetic"]
+    model = onebit.create_model("tiny_synthetic", pretrained=True)
+    ref, meta = C.load_model(out / "best.pt")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), ref(x))
+    assert zoo.meta("tiny_synthetic")["class_names"] == meta["class_names"]
+    fresh = onebit.create_model("tiny_synthetic")  # architecture only
+    assert not torch.equal(fresh.fc.weight, model.fc.weight)
+    with pytest.raises(ValueError, match="no zoo weights for 'resnet20'"):
+        onebit.create_model("resnet20", pretrained=True)

@@ -104,6 +104,13 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_zoo_add(args) -> int:
+    from . import zoo
+    path = zoo.add(args.checkpoint, args.name)
+    print(f"added {args.name}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="onebit", description="1-bit neural networks for vision")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -129,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", help="also write the confusion matrix as a PNG here")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("zoo-add", help="export a checkpoint's model into onebit's zoo folder")
+    p.add_argument("checkpoint")
+    p.add_argument("--name", required=True, help="zoo name, after the recipe: e.g. reste_resnet20_cifar10")
+    p.set_defaults(fn=cmd_zoo_add)
     p = sub.add_parser("demo", help="the main job on the embedded default data")
     p.add_argument("--out", help="run directory (default runs/demo-<time>)")
     p.add_argument("--epochs", type=int, help="override the demo's epochs")

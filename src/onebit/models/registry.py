@@ -46,8 +46,14 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
 def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     """Build registry model ``name``; ``pretrained=True`` loads its zoo weights."""
     from .. import zoo
-    if pretrained or (name not in _MODELS and name in zoo.available()):
+    if pretrained:
+        if name not in zoo.available():
+            raise ValueError(f"no zoo weights for {name!r}; models with weights: "
+                             f"{', '.join(zoo.available()) or 'none yet'}")
         return zoo.load(name, **kwargs)
+    if name not in _MODELS and name in zoo.available():  # a zoo name without weights: its architecture
+        info = zoo.meta(name)
+        return create_model(info["model"], **{**info.get("model_kwargs", {}), **kwargs})
     model = model_factory(name)(**kwargs)
     model.registry_name = name
     model.registry_kwargs = dict(kwargs)

@@ -1,0 +1,81 @@
+"""ReSTE appendix ablation at one equal budget (paper 001, Tables 2-3), over several seeds.
+
+    python benchmarks/reste_ablation.py --data /path/to/cifar10 --epochs 30 --seeds 0 1 \
+        [--configs ste reste_cos3 reste_fixed3 ...] [--runs runs/ablation]
+
+Each (config, seed) trains the ReSTE recipe's binary ResNet-20 with only the estimator
+changed, into RUN/<config>-s<seed>; an existing run is resumed (or skipped when finished),
+so the experiment survives interruptions and can be spread over sessions. The summary
+(mean and spread of the best validation top-1 per config) goes to results/reste_ablation.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from onebit.train import load_recipe, train
+from onebit.train.loop import git_commit, machine_info
+
+
+def reste(**kw):
+    return {"name": "reste", **kw}
+
+
+CONFIGS = {
+    "ste": {"name": "clipped_ste", "c": 1.0},             # Table 2 baseline (the classic clipped STE)
+    "reste_cos3": reste(o_end=3, schedule="cos"),         # the default: progressive o, cos
+    "reste_cos2": reste(o_end=2, schedule="cos"),
+    "reste_cos4": reste(o_end=4, schedule="cos"),
+    "reste_linear3": reste(o_end=3, schedule="linear"),   # Table 3
+    "reste_power3": reste(o_end=3, schedule="power"),
+    "reste_fixed2": reste(o=2),                            # Table 2 fixed o
+    "reste_fixed3": reste(o=3),
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="CIFAR-10 image folder (train/<class>/*)")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--configs", nargs="+", default=["ste", "reste_cos3", "reste_fixed3"], choices=sorted(CONFIGS))
+    ap.add_argument("--runs", default="runs/ablation")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default="results/reste_ablation.json")
+    args = ap.parse_args(argv)
+
+    summary = {}
+    for cfg in args.configs:
+        spec = json.dumps(CONFIGS[cfg])
+        accs = []
+        for seed in args.seeds:
+            run = Path(args.runs) / f"{cfg}-s{seed}"
+            if (run / "results.json").is_file():
+                res = json.loads((run / "results.json").read_text())
+            else:
+                sets = [f"model.input_binarizer={spec}", f"model.weight_binarizer={spec}",
+                        f"train.epochs={args.epochs}", f"seed={seed}", f"data.root={args.data}"]
+                if args.threads:
+                    sets.append(f"train.threads={args.threads}")
+                resume = (run / "last.pt").is_file()
+                res = train(None if resume else load_recipe("reste-resnet20-cifar10", sets), run, resume=resume)
+                if res.get("interrupted"):
+                    print("interrupted; run the same command again to continue")
+                    return 130
+            accs.append(res["metrics"]["best_val_top1"])
+        summary[cfg] = {"estimator": CONFIGS[cfg], "seeds": args.seeds, "best_val_top1": accs,
+                        "mean": statistics.mean(accs), "spread": (max(accs) - min(accs)) / 2,
+                        "stdev": statistics.stdev(accs) if len(accs) > 1 else 0.0}
+        print(f"{cfg:16s} {summary[cfg]['mean']:.2f} +- {summary[cfg]['spread']:.2f}  {accs}")
+    out = {"command": "python benchmarks/reste_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "epochs": args.epochs, "commit": git_commit(), "machine": machine_info(), "results": summary}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
