@@ -259,3 +259,16 @@ def test_zoo_roundtrip(tmp_path, monkeypatch):
     assert not torch.equal(fresh.fc.weight, model.fc.weight)
     with pytest.raises(ValueError, match="no zoo weights for 'resnet20'"):
         onebit.create_model("resnet20", pretrained=True)
+
+
+def test_cli_eval_writes_confusion_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    train(load_recipe(str(tiny_recipe(tmp_path, epochs=1))), out, quiet=True)
+    make_folder(tmp_path / "imgs", ["class_0", "class_2"])
+    png = tmp_path / "cm.png"
+    assert cli(["eval", str(out / "best.pt"), "--data", str(tmp_path / "imgs"), "--split", "test",
+                "--png", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "top-1" in text and "class_0" in text
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

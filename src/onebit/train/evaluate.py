@@ -19,10 +19,11 @@ def evaluate(model: nn.Module, loader, class_names: list[str], label_map: list[i
     confusion = torch.zeros(k, k, dtype=torch.long)
     top5 = loss_sum = n = 0
     index = torch.tensor(label_map) if label_map is not None else None
+    device = next(model.parameters()).device
     for x, y in loader:
         if index is not None:
             y = index[y]
-        logits = model(x)
+        logits = model(x.to(device)).float().cpu()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         pred = logits.argmax(1)
         confusion += torch.bincount(y * k + pred, minlength=k * k).view(k, k)

@@ -208,15 +208,20 @@ class Run:
         name = mcfg.pop("name")
         mcfg.setdefault("num_classes", self.train_ds.num_classes)
         model = create_model(name, **mcfg)
+        device = torch.device("cuda" if tcfg["device"] == "auto" and torch.cuda.is_available()
+                              else ("cpu" if tcfg["device"] == "auto" else tcfg["device"]))
+        use_amp = bool(tcfg["amp"]) and device.type == "cuda"
         if prev_state is not None:
             C.load_state(model, prev_state, f"stage {si} initialisation from stage {si - 1}")
+        model.to(device)
         opt = build_optimizer(model, tcfg)
+        writer = self.tensorboard() if tcfg["tensorboard"] else None
         kd = recipe.get("kd")
         distiller = None
         if kd:
             if "teacher" not in kd:
                 raise ValueError("kd needs a 'teacher': a checkpoint path, zoo:NAME or a registry name")
-            distiller = LogitsKD(Teacher(build_teacher(str(kd["teacher"]))), kd.get("temperature", 1.0),
+            distiller = LogitsKD(Teacher(build_teacher(str(kd["teacher"])).to(device)), kd.get("temperature", 1.0),
                                  kd.get("alpha", 1.0), kd.get("loss", "soft_ce"), tcfg["label_smoothing"])
         train_tf, eval_tf = build_transforms(recipe["data"])
         seed = int(recipe["seed"])
@@ -233,7 +238,7 @@ class Run:
         start_epoch, start_batch, running, best, history = 0, 0, None, None, []
         rs = self.resume_state
         if rs is not None and rs["stage"] == si:
-            C.load_state(model, rs["model"], str(self.out / "last.pt"))
+            C.load_state(model, {k: v.to(device) for k, v in rs["model"].items()}, str(self.out / "last.pt"))
             opt.load_state_dict(rs["optimizer"])
             start_epoch, start_batch, running = rs["epoch"], rs["batch"], rs.get("running")
             best, history = rs.get("best"), rs.get("history", [])
@@ -273,12 +278,14 @@ class Run:
                     x, target = fn(x, y, mix["cutmix"] if use_cutmix else mix["mixup"],
                                    num_classes=self.train_ds.num_classes, generator=g,
                                    smoothing=tcfg["label_smoothing"])
-                logits = model(x)
-                if distiller is not None:
-                    loss = distiller.loss(logits, x, target, self.meta["progress"])
-                else:
-                    loss = F.cross_entropy(logits, target, label_smoothing=0.0 if target.dim() > 1
-                                           else tcfg["label_smoothing"])
+                x, y, target = x.to(device, non_blocking=True), y.to(device), target.to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    logits = model(x)
+                    if distiller is not None:
+                        loss = distiller.loss(logits, x, target, self.meta["progress"])
+                    else:
+                        loss = F.cross_entropy(logits, target, label_smoothing=0.0 if target.dim() > 1
+                                               else tcfg["label_smoothing"])
                 lv = loss.item()
                 if not math.isfinite(lv):
                     raise TrainingDiverged(
@@ -324,6 +331,10 @@ class Run:
             else:
                 is_best = True
             history.append(row)
+            if writer is not None:
+                for k, v in row.items():
+                    if isinstance(v, float):
+                        writer.add_scalar(f"{stage['name']}/{k}", v, epoch + 1)
             if is_best:
                 best = dict(row)
             with open(self.out / "metrics.jsonl", "a") as f:
@@ -341,6 +352,13 @@ class Run:
         self.history, self.best, self.model = history, best, model
         self.all_history = getattr(self, "all_history", []) + history
         return model
+
+    def tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+        return SummaryWriter(str(self.out / "tensorboard"))
 
     def save_last(self, model, opt, si, epoch, batch, running, best, history) -> None:
         state = {"model": model.state_dict(), "meta": self.meta, "optimizer": opt.state_dict(), "stage": si,

@@ -72,7 +72,8 @@ DEFAULTS: dict = {
         "min_lr": 0.0,
         "label_smoothing": 0.0,
         "grad_clip": None,
-        "amp": False,                # mixed precision, GPU only
+        "amp": False,                # mixed precision (bf16 autocast), GPU only
+        "device": "auto",            # auto (cuda if available) | cpu | cuda
         "progress": "epoch",         # when schedules advance: epoch | step
         "threads": None,             # torch threads; null: torch's default
         "log_every": 50,
