@@ -272,3 +272,13 @@ def test_cli_eval_writes_confusion_png(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "top-1" in text and "class_0" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metrics_carry_flip_ratio_histograms_and_indicators(tmp_path):
+    out = tmp_path / "run"
+    train(load_recipe(str(tiny_recipe(tmp_path, epochs=2, indicators=True))), out, quiet=True)
+    r = rows(out)
+    assert all(0.0 <= x["flip_ratio"] <= 1.0 for x in r) and r[0]["flip_ratio"] > 0
+    assert all("estimating_error" in x and "gradient_instability" in x for x in r)
+    hist = [json.loads(l) for l in (out / "histograms.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2] and sum(hist[0]["counts"]) > 0

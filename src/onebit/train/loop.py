@@ -33,6 +33,7 @@ from .. import data as D
 from ..binarize import set_progress
 from ..models import create_model
 from . import checkpoint as C
+from . import diagnostics
 from .distill import LogitsKD, Teacher
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at, set_lr
@@ -150,7 +151,7 @@ class Run:
             if not force:
                 raise ValueError(f"run directory {str(self.out)!r} already exists; use --resume to continue it "
                                  f"or --force to start over in it")
-            for name in ("last.pt", "best.pt", "metrics.jsonl", "results.json"):
+            for name in ("last.pt", "best.pt", "metrics.jsonl", "histograms.jsonl", "results.json"):
                 if (self.out / name).exists():
                     (self.out / name).unlink()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,8 @@ class Run:
                 set_progress(model, t)
                 self.meta["progress"] = t
             loader.set_epoch(epoch, start_batch)
-            sums = running or {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0}
+            sums = running or {"loss": 0.0, "correct": 0, "n": 0, "time": 0.0,
+                               "signs": diagnostics.sign_snapshot(model)}
             model.train()
             from tqdm import tqdm
             bar = tqdm(loader, total=steps_per_epoch, initial=start_batch, disable=self.quiet or None,
@@ -320,10 +322,16 @@ class Run:
                    "progress": self.meta["progress"], "train_loss": sums["loss"] / sums["n"],
                    "train_top1": 100.0 * sums["correct"] / sums["n"], "epoch_time": epoch_time,
                    "img_per_s": sums["n"] / max(1e-9, epoch_time)}
-            for m in model.modules():
-                if hasattr(m, "o") and isinstance(getattr(m, "o"), float):
-                    row["reste_o"] = m.o
-                    break
+            row["flip_ratio"] = diagnostics.flip_ratio(sums["signs"], diagnostics.sign_snapshot(model))
+            o = next((m.o for m in model.modules() if isinstance(getattr(m, "o", None), float)), None)
+            if o is not None:
+                row["reste_o"] = o
+            if tcfg["indicators"]:
+                row.update({k: v for k, v in diagnostics.estimator_indicators(
+                    diagnostics.latent_weights(model), o or 1.0).items() if k != "o"})
+            with open(self.out / "histograms.jsonl", "a") as f:
+                f.write(json.dumps({"stage": stage["name"], "epoch": epoch + 1,
+                                    **diagnostics.latent_histogram(model)}) + "\n")
             if val_loader is not None:
                 ev = evaluate(model, val_loader, list(self.train_ds.class_names))
                 row.update(val_top1=ev["top1"], val_top5=ev["top5"], val_loss=ev["loss"])

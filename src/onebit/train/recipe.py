@@ -78,6 +78,7 @@ DEFAULTS: dict = {
         "threads": None,             # torch threads; null: torch's default
         "log_every": 50,
         "tensorboard": False,
+        "indicators": False,         # log ReSTE's estimating error / gradient instability each epoch
     },
     "kd": None,                      # {teacher: PATH | zoo:NAME | registry name, temperature, alpha}
     "stages": None,                  # two-stage training: list of {name, epochs, set: {key: value}}

@@ -1,0 +1,66 @@
+"""Training diagnostics of binary layers: weight flip ratio, latent-weight histograms, and
+ReSTE's estimator indicators (paper 001, appendix Fig. 1-2).
+
+- flip ratio (larq's metric): the fraction of binary weights whose sign changed between two
+  snapshots (here: the start and the end of an epoch);
+- latent-weight histogram: counts of all latent binary weights over fixed bins;
+- estimating error of ReSTE at power o: mean over values x of |sign(x) - f_o(x)|, with
+  f_o(x) = sign(x) |x|^(1/o) the function whose derivative ReSTE uses (x clipped to the
+  gradient threshold t, beyond which the estimator is flat);
+- gradient instability at o: the variance of the estimator's surrogate gradient over the
+  same values (large when o is large: the gradient explodes near 0).
+Both indicators are computed on the latent weights of the binary layers; onebit's
+definitions are written here because the appendix gives them only in words.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..binarize.sign import rectified_power, reste_grad, sign
+from ..layers.binary import BinaryLayer
+
+
+def binary_weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, BinaryLayer) and m.binary_weights]
+
+
+@torch.no_grad()
+def sign_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The sign bits (w >= 0) of every binary layer's latent weight."""
+    return {n: (m.weight >= 0).clone() for n, m in binary_weight_layers(model)}
+
+
+def flip_ratio(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
+    flipped = total = 0
+    for n, b in before.items():
+        if n in after:
+            flipped += (b != after[n]).sum().item()
+            total += b.numel()
+    return flipped / total if total else 0.0
+
+
+@torch.no_grad()
+def latent_weights(model: nn.Module) -> torch.Tensor:
+    layers = binary_weight_layers(model)
+    if not layers:
+        return torch.zeros(0)
+    return torch.cat([m.weight.detach().flatten().float().cpu() for _, m in layers])
+
+
+@torch.no_grad()
+def latent_histogram(model: nn.Module, bins: int = 60, lo: float = -1.5, hi: float = 1.5) -> dict:
+    """Histogram of all latent binary weights; values outside [lo, hi] fall in the end bins."""
+    w = latent_weights(model).clamp(lo, hi)
+    counts = torch.histc(w, bins=bins, min=lo, max=hi) if w.numel() else torch.zeros(bins)
+    return {"lo": lo, "hi": hi, "counts": [int(c) for c in counts.tolist()]}
+
+
+@torch.no_grad()
+def estimator_indicators(x: torch.Tensor, o: float, t: float = 1.5, m: float = 0.1) -> dict:
+    """Estimating error and gradient instability of ReSTE with power ``o`` on values ``x``."""
+    x = x.flatten().double()
+    xc = x.clamp(-t, t)
+    error = (sign(xc) - rectified_power(xc, o)).abs().mean().item()
+    g = reste_grad(o, t, m)(x, torch.ones_like(x))
+    return {"o": o, "estimating_error": error, "gradient_instability": g.var().item()}

@@ -1,0 +1,41 @@
+"""Training diagnostics against closed forms: flip ratio, histograms, ReSTE indicators."""
+import json
+
+import pytest
+import torch
+
+import onebit
+from onebit.layers import BinaryLinear
+from onebit.train import diagnostics as Dg
+
+
+def test_flip_ratio_counts_sign_changes():
+    lin = BinaryLinear(4, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[0.5, -0.5, 0.0, 1.0], [-1.0, 2.0, 0.1, -0.1]]))
+    before = Dg.sign_snapshot(lin)
+    with torch.no_grad():
+        lin.weight[0, 0] = -0.1  # flips
+        lin.weight[1, 2] = 0.0   # stays >= 0
+        lin.weight[1, 3] = 0.0   # -0.1 -> 0: flips (sign(0) = +1)
+    assert Dg.flip_ratio(before, Dg.sign_snapshot(lin)) == pytest.approx(2 / 8)
+
+
+def test_latent_histogram_counts_every_weight():
+    m = onebit.create_model("bireal_resnet20")
+    h = Dg.latent_histogram(m, bins=10)
+    n = sum(x.weight.numel() for _, x in Dg.binary_weight_layers(m))
+    assert sum(h["counts"]) == n and len(h["counts"]) == 10
+
+
+def test_indicators_closed_form():
+    x = torch.tensor([-2.0, -1.0, -0.25, 0.05, 0.5, 1.2])
+    ind = Dg.estimator_indicators(x, 1.0, t=1.5, m=0.1)
+    xc = x.clamp(-1.5, 1.5)
+    assert ind["estimating_error"] == pytest.approx((torch.sign(xc) - xc).abs().mean().item())
+    g = torch.tensor([0.0, 1, 1, 1, 1, 1])  # o = 1: clipped STE at t = 1.5
+    assert ind["gradient_instability"] == pytest.approx(g.double().var().item())
+    # larger o: smaller estimating error, larger gradient instability (paper 001 Fig. 1-2)
+    w = torch.randn(10000) * 0.3
+    a, b = Dg.estimator_indicators(w, 1.0), Dg.estimator_indicators(w, 3.0)
+    assert b["estimating_error"] < a["estimating_error"] and b["gradient_instability"] > a["gradient_instability"]
