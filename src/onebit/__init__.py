@@ -9,4 +9,13 @@ from .binarize import set_progress
 from .models import create_model, list_models
 
 __version__ = "0.1.0"
+
+_LAZY = ("analysis", "data", "train", "zoo")
+
+
+def __getattr__(name):  # heavier sub-packages load on first use: onebit.analysis.complexity(...)
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __all__ = ["binarize", "create_model", "layers", "list_models", "models", "set_progress", "__version__"]

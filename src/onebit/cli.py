@@ -59,17 +59,22 @@ def eval_dataset(data: str, split: str, class_names: list[str]):
     return D.load_image_folder(data, split, class_names=class_names)
 
 
-def cmd_eval(args) -> int:
-    import json
+def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: bool = False):
+    """A loader over ``data``/``split`` prepared as the model expects (its size and normalisation)."""
     from . import data as D
-    from .train.evaluate import confusion_text, evaluate
-    model, meta = load_for_eval(args.checkpoint)
-    ds = eval_dataset(args.data, args.split, meta["class_names"])
+    ds = eval_dataset(data, split, meta["class_names"])
     size = meta["input_size"][-1]
     tf = D.Normalize(meta["mean"], meta["std"])
-    if ds.is_stacked and ds.images.shape[1] != size or not ds.is_stacked:
+    if not ds.is_stacked or ds.images.shape[1] != size:
         tf = D.Compose([D.Resize(int(round(size / 0.875)) if size > 64 else size), D.CenterCrop(size), tf])
-    loader = D.BatchLoader(ds, args.batch_size, transform=tf)
+    return D.BatchLoader(ds, batch_size, shuffle=shuffle, transform=tf)
+
+
+def cmd_eval(args) -> int:
+    import json
+    from .train.evaluate import confusion_text, evaluate
+    model, meta = load_for_eval(args.checkpoint)
+    loader = eval_loader(args.data, args.split, meta, args.batch_size)
     res = evaluate(model, loader, list(meta["class_names"]))
     res = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split, **res}
     if args.png:
@@ -101,6 +106,83 @@ def cmd_demo(args) -> int:
     m = res["metrics"]
     print(f"validation top-1 {m['final_val_top1']:.2f}% (best {m['best_val_top1']:.2f}%) on {res['n_val']} held-out "
           f"images after {res['epochs']} epochs, {res['wall_time_s']:.0f} s")
+    return 0
+
+
+def cmd_landscape(args) -> int:
+    from .analysis.landscape import loss_landscape, save_landscape
+    model, meta = load_for_eval(args.checkpoint)
+    loader = eval_loader(args.data, args.split, meta, args.batch_size, shuffle=True)
+    batches = []
+    for x, y in loader:
+        batches.append((x, y))
+        if len(batches) >= args.batches:
+            break
+    res = loss_landscape(model, batches, args.resolution, args.span, args.seed)
+    res["checkpoint"] = args.checkpoint
+    paths = save_landscape(res, args.out, title=f"({meta.get('recipe') or meta['model']})")
+    center = res["loss"][args.resolution // 2][args.resolution // 2]
+    print(f"landscape of {args.checkpoint}: {args.resolution}x{args.resolution} points over +-{args.span}, "
+          f"{res['images']} images, centre loss {center:.4f} -> {', '.join(map(str, paths))}")
+    return 0
+
+
+def load_any_model(spec: str):
+    """(model, input_size or None) from a registry name, a zoo:NAME or a checkpoint path."""
+    from pathlib import Path
+    from .models import create_model
+    if spec.startswith("zoo:") or Path(spec).suffix in (".pt", ".pth") or Path(spec).is_file():
+        model, meta = load_for_eval(spec)
+        return model, tuple(meta["input_size"])
+    return create_model(spec).eval(), None
+
+
+def parse_size(text: str | None):
+    if text is None:
+        return None
+    try:
+        size = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"--input-size must be C,H,W like 3,224,224, got {text!r}")
+    return size
+
+
+def default_size(model) -> tuple:
+    from .models.resnet import ResNet
+    stem = getattr(model, "stem", None)
+    if isinstance(model, ResNet) and stem is not None and stem[0].kernel_size == (3, 3):
+        return (3, 32, 32)
+    return tuple(getattr(model, "default_input_size", (3, 224, 224)))
+
+
+def cmd_summary(args) -> int:
+    import json
+    from .analysis import complexity
+    model, size = load_any_model(args.model)
+    size = parse_size(args.input_size) or size or default_size(model)
+    report = complexity(model, size)
+    if args.json:
+        print(json.dumps({"model": args.model, "input_size": list(size), **report.to_dict()}))
+    else:
+        print(f"{args.model} at input {'x'.join(map(str, size))}")
+        print(report.table(hide_empty=not args.all))
+    return 0
+
+
+def cmd_capability(args) -> int:
+    import json
+    from .analysis import capability
+    model, size = load_any_model(args.model)
+    size = parse_size(args.input_size) or size
+    res = capability(model, size, omit_attention=args.omit_attention)
+    if args.json:
+        print(json.dumps({"model": args.model, **res}))
+    else:
+        for row in res["per_layer"]:
+            print("  ".join(f"{k}={v}" for k, v in row.items()))
+        print(f"total representational capability of the classifier's input: {res['total']:,}")
     return 0
 
 
@@ -136,6 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", help="also write the confusion matrix as a PNG here")
     p.add_argument("--batch-size", type=int, default=256)
     p.set_defaults(fn=cmd_eval)
+    p = sub.add_parser("landscape", help="2-D loss landscape (Li et al. 2018) of a checkpoint: PNGs and the grid")
+    p.add_argument("checkpoint", help="checkpoint path or zoo:NAME")
+    p.add_argument("--data", required=True, help="image folder ROOT or 'sample'")
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", default="landscape", help="output folder (contour.png, surface.png, grid.json)")
+    p.add_argument("--resolution", type=int, default=21)
+    p.add_argument("--span", type=float, default=1.0)
+    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_landscape)
+    p = sub.add_parser("summary", help="per-layer parameters, memory in bits, BOPs/FLOPs/OPs/OPs+")
+    p.add_argument("model", help="registry name, zoo:NAME or checkpoint path")
+    p.add_argument("--input-size", help="C,H,W (default: the model's own)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--all", action="store_true", help="also list layers without parameters or operations")
+    p.set_defaults(fn=cmd_summary)
+    p = sub.add_parser("capability", help="representational capability (BinaryViT Appendix B)")
+    p.add_argument("model", help="registry name, zoo:NAME or checkpoint path")
+    p.add_argument("--input-size", help="C,H,W")
+    p.add_argument("--omit-attention", action="store_true", help="leave out the P V term as the paper's total does")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_capability)
     p = sub.add_parser("zoo-add", help="export a checkpoint's model into onebit's zoo folder")
     p.add_argument("checkpoint")
     p.add_argument("--name", required=True, help="zoo name, after the recipe: e.g. reste_resnet20_cifar10")

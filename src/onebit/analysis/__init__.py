@@ -1,0 +1,12 @@
+"""Analysis: complexity (parameters, memory, BOPs/FLOPs/OPs/OPs+) and representational capability.
+
+    from onebit.analysis import complexity, capability
+    print(complexity(model).table())
+    capability(model)["total"]
+"""
+from .capability import CAPABILITY_RULES, capability, deit_capability, register_capability, resnet_capability
+from .complexity import (COUNTERS, Counter, Report, complexity, per_element_flops, register_counter,
+                         split_macs)
+
+__all__ = ["CAPABILITY_RULES", "COUNTERS", "Counter", "Report", "capability", "complexity", "deit_capability",
+           "per_element_flops", "register_capability", "register_counter", "resnet_capability", "split_macs"]
