@@ -97,8 +97,11 @@ def test_overrides_reach_every_binary_layer():
 def test_every_registry_model_runs_forward_and_backward(name):
     torch.manual_seed(0)
     m = onebit.create_model(name)
-    size = 32 if ("resnet20" in name or "cifar" in name) else 64
-    x = torch.randn(2, 3, size, size)
+    if hasattr(m, "default_input_size"):  # transformers take their own image size
+        x = torch.randn(2, *m.default_input_size)
+    else:
+        size = 32 if ("resnet20" in name or "cifar" in name) else 64
+        x = torch.randn(2, 3, size, size)
     y = m(x)
     assert y.shape == (2, m.num_classes) and torch.isfinite(y).all()
     y.square().mean().backward()

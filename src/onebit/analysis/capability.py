@@ -160,3 +160,45 @@ def deit_capability(embed_dim: int = 384, depth: int = 12, tokens: int = 196, ml
         for fc in ("fc1", "fc2"):
             t.add(f"blocks.{b}.mlp.{fc}", mlp_ratio * embed_dim)
     return t.result()
+
+
+def _vit_rule(model, input_size=None, omit_attention: bool = False, first_layer_bits: int = 8, **_) -> dict:
+    """BinaryViT models: the DeiT-S rule of App. B.1 applied stage by stage (Sec. 3.4).
+
+    Per block of width C: q, k, v and the projection add C each, P V adds M (the key tokens:
+    N, or N / R^2 under Bi-SR-MHA), each FFN layer adds mlp_ratio * C (as the printed
+    formula); a 2x2 patch merge multiplies by 4; global average pooling multiplies by the
+    final token count (Sec. 3.4: a 64-wide stage-1 FC contributes 64 * 4 * 4 * 4 * 49).
+    The cls-token DeiT-S gives 155,568, or 153,216 with ``omit_attention`` (the paper's total).
+    """
+    from ..models.binaryvit import BinaryViT
+    assert isinstance(model, BinaryViT)
+    if not any(isinstance(m, BinaryLayer) and m.binary_inputs for m in model.modules()):
+        raise ValueError("representational capability follows binary layers; this model has none")
+    k = model.patch_embed.kernel_size
+    t = _Trace()
+    t.first("patch_embed", first_layer_values(k[0], k[1], model.patch_embed.in_channels, first_layer_bits))
+    grid = model.grid0
+    for i, blocks in enumerate(model.stages):
+        if i > 0:
+            grid = (grid[0] // 2, grid[1] // 2)
+            t.multiply(f"merges.{i - 1}", 4)
+        for b, blk in enumerate(blocks):
+            c, r = blk.attn.dim, blk.attn.sr_ratio
+            for proj in ("q", "k", "v", "proj"):
+                t.add(f"stages.{i}.{b}.attn.{proj}", c)
+            if not omit_attention:
+                t.add(f"stages.{i}.{b}.attn.pv", (grid[0] // r) * (grid[1] // r))
+            for j, fc in enumerate(blk.ffn):
+                t.add(f"stages.{i}.{b}.ffn.{j}", blk.ffn[0].linear.out_features)
+    if model.pool == "gap":
+        t.multiply("pool (global average)", grid[0] * grid[1])
+    return t.result(input_size=list(model.default_input_size))
+
+
+def _register_vit():
+    from ..models.binaryvit import BinaryViT
+    register_capability(BinaryViT)(_vit_rule)
+
+
+_register_vit()

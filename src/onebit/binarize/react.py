@@ -77,6 +77,8 @@ class RPReLU(nn.Module):
         y = x - self.shift_in.view(shape)
         if self.dim in (1, 1 - x.dim()) or x.dim() == 1:  # channels at dim 1: aten's fused prelu
             y = F.prelu(y, self.slope)
+        elif self.dim in (-1, x.dim() - 1):  # channels last (tokens): as rows of a 2-D prelu
+            y = F.prelu(y.reshape(-1, self.channels), self.slope).reshape(y.shape)
         else:
             y = torch.where(y >= 0, y, y * self.slope.view(shape))
         return y + self.shift_out.view(shape)

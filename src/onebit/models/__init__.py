@@ -1,5 +1,5 @@
 """Model families and the registry: ``create_model(name, **kwargs)``, ``list_models()``."""
-from . import resnet  # noqa: F401  (registers the ResNet family)
+from . import binaryvit, resnet  # noqa: F401  (registers the families)
 from .blocks import BasicBlock, BinaryBasicBlock, BinaryUnit, Shortcut
 from .registry import create_model, list_models, register_model
 from .resnet import ResNet, binary_resnet

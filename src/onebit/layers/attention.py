@@ -1,0 +1,81 @@
+"""BinaryViT's binary multi-head attention (paper 000, Eq. 6-8) and Bi-SR-MHA (Eq. 14-15).
+
+    Q, K, V = BiFC_q(H), BiFC_k(H'), BiFC_v(H')          H' = H, or BiFC_R(AvgPool_R(H)) (Eq. 14)
+    A = RSign(Q) RSign(K)^T                              (Eq. 6)
+    P = alpha_P round(clip(softmax(A / sqrt(D_h)) / alpha_P, 0, 1))   (Eq. 7-8; alpha_P learnable, LSQ)
+    head = RPReLU(BN(P RSign(V)) + Q + N(K) + N(V))      N: nearest resize back to H's grid (Eq. 15)
+    out = BiFC_o(concat(heads))
+
+Both products have binary operands: Q K^T with +-1 entries, P V with P in {0, alpha_P}.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..binarize.react import RPReLU, RSign
+from ..binarize.registry import Spec
+from ..binarize.scaling import LearnedStep
+from .bifc import BiFC, TokenBatchNorm
+
+
+def tokens_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    b, n, c = x.shape
+    return x.transpose(1, 2).reshape(b, c, *grid)
+
+
+def grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+class BinaryAttention(nn.Module):
+    """Binary MHA on (B, N, C) tokens laid out on ``grid``; ``sr_ratio`` R > 1 is Bi-SR-MHA."""
+
+    def __init__(self, dim: int, heads: int, sr_ratio: int = 1, *, act: Spec = "clipped_ste",
+                 weight: Spec = "clipped_ste", alpha_init: float = 0.005, alpha_grad: str = "lsq",
+                 quantize_probs: bool = True):
+        super().__init__()
+        if heads < 1 or dim % heads:
+            raise ValueError(f"attention heads={heads} must divide the width dim={dim}")
+        if sr_ratio < 1:
+            raise ValueError(f"spatial-reduction ratio must be >= 1, got {sr_ratio}")
+        self.dim, self.heads, self.sr_ratio = dim, heads, sr_ratio
+        kw = dict(act=act, weight=weight)
+        self.q, self.k, self.v = BiFC(dim, dim, **kw), BiFC(dim, dim, **kw), BiFC(dim, dim, **kw)
+        self.reduce = BiFC(dim, dim, **kw) if sr_ratio > 1 else None  # BiFC_R only where R > 1
+        # act=None / quantize_probs=False: the full-precision twin (real Q, K, V and probabilities)
+        self.sign_q, self.sign_k, self.sign_v = (RSign(dim, act, dim=-1) if act is not None else nn.Identity()
+                                                 for _ in range(3))
+        self.prob = LearnedStep(alpha_init, levels=1, grad=alpha_grad) if quantize_probs else nn.Identity()
+        self.norm = TokenBatchNorm(dim)
+        self.act = RPReLU(dim, dim=-1)
+        self.proj = BiFC(dim, dim, **kw)
+
+    def check_grid(self, grid: tuple[int, int]) -> None:
+        r = self.sr_ratio
+        if r > 1 and (grid[0] % r or grid[1] % r):
+            raise ValueError(f"spatial reduction R={r} does not divide the token grid {grid[0]}x{grid[1]}")
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+
+    def forward(self, h: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        b, n, c = h.shape
+        q = self.q(h)
+        kv_in, small = h, None
+        if self.reduce is not None:
+            small = (grid[0] // self.sr_ratio, grid[1] // self.sr_ratio)
+            kv_in = self.reduce(grid_to_tokens(F.avg_pool2d(tokens_to_grid(h, grid), self.sr_ratio)))  # Eq. 14
+        k, v = self.k(kv_in), self.v(kv_in)
+        qb, kb, vb = self._heads(self.sign_q(q)), self._heads(self.sign_k(k)), self._heads(self.sign_v(v))
+        a = qb @ kb.transpose(-2, -1)                                                   # Eq. 6
+        p = self.prob(torch.softmax(a / math.sqrt(c // self.heads), dim=-1))            # Eq. 7-8
+        ctx = (p @ vb).transpose(1, 2).reshape(b, n, c)
+        if small is not None:  # Eq. 15: nearest-neighbour resize of K and V back to the grid
+            k = grid_to_tokens(F.interpolate(tokens_to_grid(k, small), size=grid, mode="nearest"))
+            v = grid_to_tokens(F.interpolate(tokens_to_grid(v, small), size=grid, mode="nearest"))
+        return self.proj(self.act(self.norm(ctx) + q + k + v))

@@ -1,0 +1,137 @@
+"""BinaryViT: BiFC and binary attention against closed forms, Table 4 counts, Table 3 switches."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import onebit
+from onebit.analysis import PAPER_VIT_FLOPS, capability, complexity
+from onebit.layers.attention import BinaryAttention
+from onebit.layers.bifc import BiFC, FeatureResidual
+from onebit.models.binaryvit import BinaryViT, Block
+
+
+def sgn(x):
+    return torch.where(x >= 0, 1.0, -1.0)
+
+
+def test_feature_residual_modes():
+    x = torch.arange(12.0).view(1, 2, 6)
+    assert torch.equal(FeatureResidual(6, 6)(x), x)
+    assert torch.equal(FeatureResidual(6, 18)(x), torch.cat([x, x, x], -1))
+    avg = FeatureResidual(6, 3)(x)  # in = 2 x out: mean of the two consecutive groups of 3
+    assert torch.allclose(avg, (x[..., :3] + x[..., 3:]) / 2)
+    with pytest.raises(ValueError, match="in=6, out=4"):
+        FeatureResidual(6, 4)
+
+
+def test_bifc_closed_form():
+    torch.manual_seed(0)
+    f = BiFC(8, 16).eval()
+    with torch.no_grad():
+        f.linear.input_binarizer.shift.bias.uniform_(-0.2, 0.2)
+        f.norm.running_mean.uniform_(-1, 1)
+        f.norm.running_var.uniform_(0.5, 2)
+        f.act.slope.uniform_(0.1, 0.4)
+    x = torch.randn(2, 5, 8)
+    w = f.linear.weight.detach()
+    wb = sgn(w - w.mean(1, keepdim=True)) * w.abs().mean(1, keepdim=True)  # Eq. 1
+    y = F.linear(sgn(x + f.linear.input_binarizer.shift.bias), wb)
+    y = F.batch_norm(y.reshape(-1, 16), f.norm.running_mean, f.norm.running_var, f.norm.weight, f.norm.bias,
+                     eps=f.norm.eps).reshape(2, 5, 16) + torch.cat([x, x], -1)        # Eq. 2-3
+    y = F.prelu(y.reshape(-1, 16), f.act.slope).reshape(2, 5, 16)
+    assert torch.allclose(f(x), y, atol=1e-5)
+
+
+def test_attention_probabilities_are_zero_or_alpha_and_grads_flow():
+    torch.manual_seed(0)
+    att = BinaryAttention(16, 2)
+    seen = {}
+    att.prob.register_forward_hook(lambda m, i, o: seen.setdefault("p", o))
+    h = torch.randn(2, 9, 16, requires_grad=True)
+    out = att(h, (3, 3))
+    alpha = att.prob.step.item()
+    p = seen["p"]
+    assert torch.all((p == 0) | ((p - alpha).abs() < 1e-7)) and (p > 0).any()
+    out.sum().backward()
+    assert h.grad is not None and att.prob.step.grad is not None and att.sign_q.shift.bias.grad is not None
+
+
+def test_attention_products_closed_form():
+    torch.manual_seed(1)
+    att = BinaryAttention(8, 2, alpha_grad="bit").eval()
+    h = torch.randn(1, 4, 8)
+    q, k, v = att.q(h), att.k(h), att.v(h)
+    qb, kb, vb = (sgn(t + s.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
+                  for t, s in ((q, att.sign_q), (k, att.sign_k), (v, att.sign_v)))
+    a = torch.softmax(qb @ kb.transpose(-2, -1) / math.sqrt(4), -1)                       # Eq. 6-7
+    s = att.prob.step.item()
+    p = s * (a / s).clamp(0, 1).round()                                                   # Eq. 8
+    ctx = (p @ vb).transpose(1, 2).reshape(1, 4, 8)
+    n = att.norm
+    ctx = F.batch_norm(ctx.reshape(-1, 8), n.running_mean, n.running_var, n.weight, n.bias, eps=n.eps).view(1, 4, 8)
+    expect = att.proj(att.act(ctx + q + k + v))
+    assert torch.allclose(att(h, (2, 2)), expect, atol=1e-5)
+
+
+def test_spatial_reduction_attention_shapes_and_errors():
+    att = BinaryAttention(16, 2, sr_ratio=2)
+    assert att(torch.randn(2, 16, 16), (4, 4)).shape == (2, 16, 16)
+    with pytest.raises(ValueError, match="heads=3 must divide the width dim=16"):
+        BinaryAttention(16, 3)
+    with pytest.raises(ValueError, match=r"R=3 does not divide the 4x4 token grid"):
+        BinaryViT(img_size=32, patch_size=4, embed_dims=(8, 16), depths=(1, 1), heads=(1, 1), mlp_ratios=(2, 2),
+                  sr_ratios=(1, 3), pool="gap", num_classes=3)
+    with pytest.raises(ValueError, match="heads=5 must divide the width 16"):
+        BinaryViT(img_size=32, patch_size=4, embed_dims=(16,), depths=(1,), heads=(5,), mlp_ratios=(2,),
+                  sr_ratios=(1,))
+    with pytest.raises(ValueError, match="stage 3 gets a 3x3 grid"):
+        BinaryViT(img_size=24, patch_size=4, embed_dims=(8, 8, 8), depths=(1, 1, 1), heads=(1, 1, 1),
+                  mlp_ratios=(2, 2, 2), sr_ratios=(1, 1, 1), pool="gap")
+    with pytest.raises(ValueError, match="cls token"):
+        onebit.create_model("binaryvit_cifar_baseline", pool_branches=True)
+
+
+def test_table4_parameters_and_operations():
+    # Table 4: binaryvit 22.6 M, BOPs 3.83e9, FLOPs 0.19e8, OPs 0.79e8 (paper FLOP convention);
+    # BinaryViT* BOPs 3.75e9, FLOPs 0.95e8, OPs 1.54e8; baseline DeiT-S 22.1 M, 4.51e9 / 0.57e8 / 1.29e8
+    def close(v, ref, tol):
+        return abs(v - ref) / ref <= tol
+
+    for name, params, bops, flops, ops in (("binaryvit", 22.6e6, 3.83e9, 0.19e8, 0.79e8),
+                                           ("binaryvit_star", 22.6e6, 3.75e9, 0.95e8, 1.54e8),
+                                           ("binary_deit_s", 22.1e6, 4.51e9, 0.57e8, 1.29e8)):
+        r = complexity(onebit.create_model(name), (3, 224, 224), counters=PAPER_VIT_FLOPS).total
+        assert close(r["params"], params, 0.02), (name, r["params"])
+        assert close(r["bops"], bops, 0.02), (name, r["bops"])
+        assert close(r["flops"], flops, 0.03), (name, r["flops"])
+        assert close(r["ops"], ops, 0.03), (name, r["ops"])
+    plain = complexity(onebit.create_model("binaryvit"), (3, 224, 224)).total
+    assert plain["flops"] < 0.11e8  # without the convention: only the stem and the classifier
+
+
+def test_deit_capability_by_the_appendix():
+    m = onebit.create_model("binary_deit_s")
+    assert capability(m)["total"] == 155_568
+    assert capability(m, omit_attention=True)["total"] == 153_216
+
+
+def test_table3_rows_differ_by_one_switch():
+    rows = ["binaryvit_cifar_baseline", "binaryvit_cifar_gap", "binaryvit_cifar_pool", "binaryvit_cifar_affine",
+            "binaryvit_cifar"]
+    ms = [onebit.create_model(n) for n in rows]
+    assert ms[0].pool == "cls" and ms[1].pool == "gap"
+    assert ms[1].stages[0][0].pools is None and ms[2].stages[0][0].pools is not None
+    assert type(ms[2].stages[0][0].scale1).__name__ == "Identity"
+    assert type(ms[3].stages[0][0].scale1).__name__ == "LayerScale"
+    assert len(ms[3].stages) == 1 and len(ms[4].stages) == 4
+    for m in ms:
+        y = m(torch.randn(2, 3, 32, 32))
+        assert y.shape == (2, 10)
+
+
+@pytest.mark.parametrize("kind", ["post_norm", "sandwich"])
+def test_residual_scale_alternatives(kind):
+    blk = Block(16, 2, 2, residual_scale=kind)
+    assert blk(torch.randn(2, 4, 16), (2, 2)).shape == (2, 4, 16)
