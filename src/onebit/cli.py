@@ -186,6 +186,47 @@ def cmd_capability(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .analysis.report import write_report
+    path = write_report(args.path, args.out, args.data, args.batch_size)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_tsne(args) -> int:
+    from .analysis.features import penultimate_features, tsne_png
+    model, meta = load_for_eval(args.checkpoint)
+    loader = eval_loader(args.data, args.split, meta, 256, shuffle=True)
+    feats, labels = penultimate_features(model, loader, args.max_images)
+    tsne_png(feats, labels, meta["class_names"], args.out, seed=args.seed, perplexity=args.perplexity,
+             title=f"{meta.get('recipe') or meta['model']}: penultimate features")
+    print(f"t-SNE of {len(labels)} images -> {args.out}")
+    return 0
+
+
+def cmd_indicators(args) -> int:
+    import json
+    import torch
+    from .analysis.indicators import indicator_curves, indicators_png
+    o_values = tuple(float(v) for v in args.o.split(","))
+    if args.checkpoint:
+        model, meta = load_for_eval(args.checkpoint)
+        curves = indicator_curves(model, o_values)
+        title = f"latent weights of {meta.get('recipe') or meta['model']}"
+    else:
+        curves = indicator_curves(torch.randn(100_000, generator=torch.Generator().manual_seed(0)) * args.gaussian,
+                                  o_values)
+        title = f"Gaussian latent values, std {args.gaussian:g}"
+    indicators_png(curves, args.out, title=title, mark_o=args.o_end)
+    if args.json:
+        print(json.dumps(curves))
+    else:
+        for o, e, g in zip(curves["o"], curves["estimating_error"], curves["gradient_instability"]):
+            print(f"o={o:<4g} estimating error {e:.4f}  gradient instability {g:.4f}")
+        print(f"-> {args.out}")
+    return 0
+
+
 def cmd_zoo_add(args) -> int:
     from . import zoo
     path = zoo.add(args.checkpoint, args.name)
@@ -241,6 +282,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--omit-attention", action="store_true", help="leave out the P V term as the paper's total does")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_capability)
+    p = sub.add_parser("report", help="one self-contained HTML page for a run directory or checkpoint")
+    p.add_argument("path", help="run directory or checkpoint")
+    p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--data", help="validation data instead of the run's: image folder ROOT or 'sample'")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("tsne", help="t-SNE of penultimate features coloured by class (ES-BNN Fig. 9)")
+    p.add_argument("checkpoint", help="checkpoint path or zoo:NAME")
+    p.add_argument("--data", required=True, help="image folder ROOT or 'sample'")
+    p.add_argument("--split", default="val")
+    p.add_argument("--max-images", type=int, default=2000)
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="tsne.png")
+    p.set_defaults(fn=cmd_tsne)
+    p = sub.add_parser("indicators", help="ReSTE's estimating error and gradient instability against o")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint or zoo:NAME (its latent weights); default Gaussian")
+    p.add_argument("--o", default="1,1.5,2,2.5,3,3.5,4", help="comma-separated o values")
+    p.add_argument("--o-end", type=float, help="mark this o (e.g. the o_end a model was trained to)")
+    p.add_argument("--gaussian", type=float, default=0.5, help="std of the Gaussian values without a checkpoint")
+    p.add_argument("--out", default="indicators.png")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_indicators)
     p = sub.add_parser("zoo-add", help="export a checkpoint's model into onebit's zoo folder")
     p.add_argument("checkpoint")
     p.add_argument("--name", required=True, help="zoo name, after the recipe: e.g. reste_resnet20_cifar10")

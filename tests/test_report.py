@@ -1,0 +1,127 @@
+"""The run report (one HTML page), penultimate features / t-SNE and ReSTE indicator curves."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import onebit
+from onebit import data as D
+from onebit.analysis.features import penultimate_features, tsne_png
+from onebit.analysis.indicators import indicator_curves, indicators_png
+from onebit.analysis.report import write_report
+from onebit.train import load_recipe, train
+
+pytest.importorskip("matplotlib")
+
+SYNTH = {"name": "synthetic", "n": 96, "val_n": 32, "num_classes": 4, "train_transform": "none",
+         "eval_transform": "none"}
+PNG = "data:image/png;base64,"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    r = {"model": {"name": "bireal_resnet20", "input_binarizer": {"name": "reste", "o_end": 3}},
+         "data": SYNTH, "train": {"epochs": 2, "batch_size": 32, "eval_batch_size": 64, "lr": 0.05, "threads": 1}}
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(r))
+    train(load_recipe(str(tmp / "tiny.yaml")), tmp / "run", quiet=True)
+    return tmp / "run"
+
+
+def test_report_of_a_run(run_dir):
+    path = write_report(run_dir)
+    assert path == run_dir / "report.html"
+    page = path.read_text()
+    for anchor in ("curves", "confusion", "examples", "summary", "results"):
+        assert f'<section id="{anchor}">' in page
+    assert page.count(PNG) == 3 and "Missing parts" not in page and "Not drawn" not in page
+    assert "params_binary" in page and "BOPs" in page          # the complexity table
+    assert "best_val_top1" in page                               # results.json
+    for name in ("curves.png", "confusion.png", "examples.png"):
+        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_other_output_and_data(run_dir, tmp_path):
+    out = write_report(run_dir, out=tmp_path / "r" / "page.html", data=str(tmp_path / "nowhere"))
+    page = out.read_text()
+    assert out.is_file() and (tmp_path / "r" / "curves.png").is_file()
+    assert page.count(PNG) == 1  # curves only: the data folder does not exist
+    assert "Missing parts (2)" in page and "nowhere" in page
+
+
+def test_report_of_a_bare_checkpoint(run_dir, tmp_path):
+    shutil.copy(run_dir / "best.pt", tmp_path / "model.pt")
+    page = write_report(tmp_path / "model.pt").read_text()
+    assert (tmp_path / "report.html").is_file()
+    assert "Missing parts (2)" in page
+    assert "no\nmetrics.jsonl" in page or "no metrics.jsonl" in page
+    assert "results.json" in page
+    assert '<section id="confusion">' in page and page.count(PNG) == 2  # data from the recipe in the checkpoint
+    assert "params_binary" in page
+
+
+def test_report_without_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(
+        {"stage": s, "epoch": e, "lr": 0.1 / e, "progress": 0.0, "train_loss": 2.0 / e, "train_top1": 20.0 * e,
+         "flip_ratio": 0.1 / e, "epoch_time": 1.0, "img_per_s": 100.0}) for s, e in
+        (("fp", 1), ("fp", 2), ("binary", 1), ("binary", 2), ("binary", 3))) + "\n")
+    page = write_report(run).read_text()
+    assert page.count(PNG) == 1 and "Missing parts (4)" in page and "no checkpoint" in page
+
+
+def test_tsne_png(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) % 3
+    feats = rng.normal(size=(60, 16)) + 4 * np.eye(16)[labels]
+    emb = tsne_png(feats, labels, ["a", "b", "c"], tmp_path / "tsne.png")
+    assert emb.shape == (60, 2) and (tmp_path / "tsne.png").stat().st_size > 1000
+
+
+def test_penultimate_features():
+    ds = D.synthetic_dataset(40, num_classes=4, seed=1)
+    loader = D.BatchLoader(ds, 16, transform=D.Normalize(D.CIFAR10_MEAN, D.CIFAR10_STD))
+    model = onebit.create_model("bireal_resnet20", num_classes=4).eval()
+    f, y = penultimate_features(model, loader, max_images=20)
+    assert f.shape == (20, 64) and (y == ds.labels[:20]).all()
+    # without forward_features: the input of the last nn.Linear
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 4))
+    f, y = penultimate_features(mlp, loader, max_images=None)
+    assert f.shape == (40, 8) and (f >= 0).all()
+
+
+def test_indicator_curves_trade_off(tmp_path):
+    curves = indicator_curves(torch.randn(20000, generator=torch.Generator().manual_seed(0)) * 0.3)
+    err, inst = np.array(curves["estimating_error"]), np.array(curves["gradient_instability"])
+    assert curves["o"] == [1, 1.5, 2, 2.5, 3, 3.5, 4]
+    assert (np.diff(err) < 0).all() and (np.diff(inst) > 0).all()
+    c2 = indicator_curves(onebit.create_model("bireal_resnet20"), o_values=(1, 2, 3))
+    assert len(c2["estimating_error"]) == 3 and c2["n"] > 0
+    indicators_png(curves, tmp_path / "ind.png", title="gaussian", mark_o=3)
+    assert (tmp_path / "ind.png").stat().st_size > 1000
+
+
+def test_cli_report_tsne_indicators(tmp_path, capsys):
+    import json as _json
+    import shutil
+    from onebit.cli import main as cli
+    from onebit.train import load_recipe, train
+    p = tmp_path / "r.yaml"
+    p.write_text("model: {name: bireal_resnet20}\n"
+                 "data: {name: synthetic, n: 64, val_n: 32, num_classes: 4, train_transform: none, eval_transform: none}\n"
+                 "train: {epochs: 1, batch_size: 32, lr: 0.05, threads: 1}\n")
+    run = tmp_path / "run"
+    train(load_recipe(str(p)), run, quiet=True)
+    assert cli(["report", str(run)]) == 0 and (run / "report.html").is_file()
+    capsys.readouterr()
+    assert cli(["indicators", str(run / "best.pt"), "--o", "1,2,3", "--out", str(tmp_path / "i.png"), "--json"]) == 0
+    curves = _json.loads(capsys.readouterr().out)
+    assert curves["o"] == [1.0, 2.0, 3.0] and (tmp_path / "i.png").is_file()
+    assert cli(["indicators", "--out", str(tmp_path / "g.png")]) == 0
+    shutil.copy(run / "best.pt", tmp_path / "m.pt")
+    assert cli(["tsne", str(tmp_path / "m.pt"), "--data", "sample", "--max-images", "0"]) == 2  # 4 classes vs 10
