@@ -34,3 +34,23 @@ def confusion_png(result: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def capability_png(result: dict, path, title: str = "") -> None:
+    """Representational capability after each step (log scale), one point per counted layer."""
+    plt = _pyplot()
+    rows = result["per_layer"]
+    values = [r["value_after"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * len(rows)), 3.8))
+    colors = ["tab:red" if r.get("op") == "multiply" else "tab:blue" for r in rows]
+    ax.bar(range(len(rows)), values, color=colors)
+    ax.set_yscale("log")
+    ax.set_xlabel("layer (blue: a binary layer adds D_in K^2; red: pooling multiplies)")
+    ax.set_ylabel("capability (distinct values)")
+    step = max(1, len(rows) // 12)
+    ax.set_xticks(range(0, len(rows), step), [rows[i]["name"] for i in range(0, len(rows), step)],
+                  rotation=60, ha="right", fontsize=6)
+    ax.set_title(f"{title}  total {result['total']:,}".strip())
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -177,6 +177,9 @@ def cmd_capability(args) -> int:
     model, size = load_any_model(args.model)
     size = parse_size(args.input_size) or size
     res = capability(model, size, omit_attention=args.omit_attention)
+    if args.png:
+        from .analysis_plots import capability_png
+        capability_png(res, args.png, title=args.model)
     if args.json:
         print(json.dumps({"model": args.model, **res}))
     else:
@@ -280,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="registry name, zoo:NAME or checkpoint path")
     p.add_argument("--input-size", help="C,H,W")
     p.add_argument("--omit-attention", action="store_true", help="leave out the P V term as the paper's total does")
+    p.add_argument("--png", help="also plot the capability after each layer (as ES-BNN Fig. 4)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_capability)
     p = sub.add_parser("report", help="one self-contained HTML page for a run directory or checkpoint")
