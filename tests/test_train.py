@@ -41,6 +41,10 @@ def test_shipped_recipes_load():
         r = load_recipe(n)
         assert r["name"] == n and r["model"]["name"]
         onebit.create_model(r["model"]["name"], **{k: v for k, v in r["model"].items() if k != "name"})
+    for n in names:  # every shipped recipe names a buildable model
+        r = load_recipe(n)
+        m = onebit.create_model(r["model"]["name"], **{k: v for k, v in r["model"].items() if k != "name"})
+        assert sum(p.numel() for p in m.parameters()) > 0
     r = load_recipe("reste-resnet20-cifar10")
     assert r["model"]["input_binarizer"] == {"name": "reste", "o_end": 3, "schedule": "cos"}
 

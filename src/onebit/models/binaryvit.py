@@ -201,7 +201,7 @@ PYRAMID = dict(img_size=224, patch_size=4, embed_dims=(64, 128, 256, 512), depth
                heads=(1, 2, 4, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(8, 4, 1, 1))  # Table 6
 FULL = dict(pool="gap", pool_branches=True, residual_scale="affine")
 # CIFAR-10 sizes (32x32): see the table in docs/binaryvit.md for why these widths
-CIFAR_FLAT = dict(img_size=32, patch_size=4, embed_dims=(192,), depths=(6,), heads=(3,), mlp_ratios=(4,),
+CIFAR_FLAT = dict(img_size=32, patch_size=4, embed_dims=(128,), depths=(6,), heads=(4,), mlp_ratios=(4,),
                   sr_ratios=(1,), num_classes=10)
 CIFAR_PYRAMID = dict(img_size=32, patch_size=2, embed_dims=(48, 96, 192, 384), depths=(2, 2, 4, 2),
                      heads=(1, 2, 4, 8), mlp_ratios=(8, 8, 4, 4), sr_ratios=(4, 2, 1, 1), num_classes=10)

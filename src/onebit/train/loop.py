@@ -220,8 +220,9 @@ class Run:
         kd = recipe.get("kd")
         distiller = None
         if kd:
-            if "teacher" not in kd:
-                raise ValueError("kd needs a 'teacher': a checkpoint path, zoo:NAME or a registry name")
+            if not kd.get("teacher"):
+                raise ValueError("kd.teacher is not set: give a checkpoint path, zoo:NAME or a registry name "
+                                 "(--set kd.teacher=...)")
             distiller = LogitsKD(Teacher(build_teacher(str(kd["teacher"])).to(device)), kd.get("temperature", 1.0),
                                  kd.get("alpha", 1.0), kd.get("loss", "soft_ce"), tcfg["label_smoothing"])
         train_tf, eval_tf = build_transforms(recipe["data"])
