@@ -1,0 +1,269 @@
+// Python bindings: onebit._engine.  Arrays cross as NumPy buffers (torch tensors via .numpy());
+// nothing here links against PyTorch.  The GIL is released while the kernels run.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "engine.h"
+
+namespace py = pybind11;
+using namespace onebit;
+
+namespace {
+
+template <typename T>
+using CArr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+using FArr = py::array_t<float, py::array::forcecast>;  // any strides
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw std::invalid_argument(msg);
+}
+
+Kernel parse_kernel(const std::string& k) {
+  if (k == "auto") return Kernel::Auto;
+  if (k == "rows") return Kernel::Rows;
+  if (k == "panels") return Kernel::Panels;
+  throw std::invalid_argument("unknown kernel '" + k + "'; allowed: auto, rows, panels");
+}
+
+int check_threads(int n) {
+  require(n >= 1, "num_threads must be >= 1, got " + std::to_string(n));
+  return n > 1024 ? 1024 : n;
+}
+
+const float* opt_ptr(const std::optional<CArr<float>>& a, int64_t size, const char* what) {
+  if (!a) return nullptr;
+  require(a->ndim() == 1 && a->shape(0) == size,
+          std::string(what) + " must be a 1-D float32 array of length " + std::to_string(size));
+  return a->data();
+}
+
+py::dict features() {
+  const CpuFeatures& f = cpu_features();
+  py::dict d;
+  d["popcnt"] = f.popcnt;
+  d["avx2"] = f.avx2;
+  d["avx512_vpopcntdq"] = f.avx512_vpopcntdq;
+  d["x86_64"] = static_cast<bool>(ONEBIT_X86);
+  return d;
+}
+
+py::list available_paths() {
+  py::list l;
+  for (Path p : {Path::AVX512, Path::AVX2, Path::Portable})
+    if (path_available(p)) l.append(path_name(p));
+  return l;
+}
+
+py::array_t<uint64_t> py_pack_rows(const CArr<float>& a, const std::optional<CArr<float>>& shift,
+                                   const std::string& path, int num_threads) {
+  require(a.ndim() == 2, "pack_rows expects a 2-D float32 array [M, K]");
+  const int64_t M = a.shape(0), K = a.shape(1);
+  const float* sh = opt_ptr(shift, K, "shift");
+  const Path p = parse_path(path);
+  const int64_t nw = words_for(K);
+  py::array_t<uint64_t> out({M, nw});
+  uint64_t* o = out.mutable_data();
+  const float* src = a.data();
+  const int nt = check_threads(num_threads);
+  {
+    py::gil_scoped_release nogil;
+    pack_rows(src, M, K, K, sh, o, nw, p != Path::Portable && cpu_features().avx2, nt);
+  }
+  return out;
+}
+
+py::array_t<uint64_t> py_pack_nchw(const FArr& x, const std::optional<CArr<float>>& shift, int64_t groups,
+                                   const std::string& path, int num_threads) {
+  require(x.ndim() == 4, "pack_nchw expects a 4-D float32 array [N, C, H, W]");
+  const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  require(groups >= 1 && C % groups == 0, "groups must divide the channels");
+  int64_t s[4];
+  for (int d = 0; d < 4; ++d) {
+    require(x.strides(d) % static_cast<py::ssize_t>(sizeof(float)) == 0, "unaligned strides");
+    s[d] = x.strides(d) / static_cast<py::ssize_t>(sizeof(float));
+  }
+  const float* sh = opt_ptr(shift, C, "shift");
+  const Path p = parse_path(path);
+  const int64_t ldp = groups * words_for(C / groups);
+  py::array_t<uint64_t> out({N, H, W, ldp});
+  uint64_t* o = out.mutable_data();
+  const float* src = x.data();
+  const int nt = check_threads(num_threads);
+  {
+    py::gil_scoped_release nogil;
+    pack_nchw(src, N, C, H, W, s, sh, groups, o, p != Path::Portable && cpu_features().avx2, nt);
+  }
+  return out;
+}
+
+py::tuple py_pack_conv_weight(const CArr<float>& w, int64_t align) {
+  require(w.ndim() == 4, "pack_conv_weight expects a 4-D float32 array [F, C/groups, KH, KW]");
+  require(align >= 1, "align must be >= 1");
+  const int64_t F = w.shape(0), Cg = w.shape(1), KH = w.shape(2), KW = w.shape(3);
+  const int64_t ldb = round_up(KH * KW * words_for(Cg), align);
+  py::array_t<uint64_t> bits({F, ldb});
+  py::array_t<int32_t> tapsum({F, KH * KW});
+  pack_conv_weight(w.data(), F, Cg, KH, KW, bits.mutable_data(), ldb, tapsum.mutable_data());
+  return py::make_tuple(bits, tapsum);
+}
+
+// nibble-split copy of packed weights [F, >= kw] for the paths that read that layout
+py::array_t<uint64_t> py_split_weights(const CArr<uint64_t>& bits, int64_t kw) {
+  require(bits.ndim() == 2 && kw >= 1 && bits.shape(1) >= kw, "split_weights expects uint64 [F, >= kw] and kw >= 1");
+  const int64_t F = bits.shape(0);
+  py::array_t<uint64_t> out({F, 2 * kw});
+  split_rows(bits.data(), F, bits.shape(1), kw, out.mutable_data(), 1);
+  return out;
+}
+
+const uint64_t* split_ptr(const std::optional<CArr<uint64_t>>& ws, Path path, int64_t F, int64_t kw) {
+  if (!ws || !panel_kernel(path).split) return nullptr;
+  require(ws->ndim() == 2 && ws->shape(0) == F && ws->shape(1) == 2 * kw,
+          "wsplit must be uint64 [F, 2 * kw] from split_weights(wbits, kw)");
+  return ws->data();
+}
+
+py::array_t<int32_t> py_bgemm(const CArr<uint64_t>& A, const CArr<uint64_t>& B, int64_t K, const std::string& path,
+                              int num_threads, const std::string& kernel) {
+  require(A.ndim() == 2 && B.ndim() == 2, "bgemm expects 2-D uint64 arrays A [M, W] and B [N, W]");
+  const int64_t M = A.shape(0), N = B.shape(0), W = A.shape(1);
+  require(B.shape(1) == W, "bgemm: A and B must have the same number of words per row");
+  require(K >= 0 && K <= 64 * W, "bgemm: K must be in [0, 64 * words]");
+  const Path p = parse_path(path);
+  const Kernel kern = parse_kernel(kernel);
+  py::array_t<int32_t> out({M, N});
+  int32_t* o = out.mutable_data();
+  const uint64_t *a = A.data(), *b = B.data();
+  const int nt = check_threads(num_threads);
+  {
+    py::gil_scoped_release nogil;
+    bgemm(a, M, W, b, N, W, K, o, p, nt, kern);
+  }
+  return out;
+}
+
+py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32_t>& tapsum, int64_t groups,
+                    std::pair<int64_t, int64_t> kernel, std::pair<int64_t, int64_t> stride,
+                    std::pair<int64_t, int64_t> padding, std::pair<int64_t, int64_t> dilation,
+                    std::pair<int64_t, int64_t> out_size, const std::optional<CArr<float>>& shift,
+                    const std::optional<CArr<float>>& scale, const std::optional<CArr<float>>& bias,
+                    bool accumulate, const std::string& path, int num_threads,
+                    const std::optional<CArr<uint64_t>>& wsplit) {
+  require(x.ndim() == 4, "conv2d expects a 4-D float32 input [N, C, H, W]");
+  ConvParams p{};
+  p.N = x.shape(0), p.C = x.shape(1), p.H = x.shape(2), p.W = x.shape(3);
+  for (int d = 0; d < 4; ++d) {
+    require(x.strides(d) % static_cast<py::ssize_t>(sizeof(float)) == 0, "unaligned strides");
+    p.xstrides[d] = x.strides(d) / static_cast<py::ssize_t>(sizeof(float));
+  }
+  require(wbits.ndim() == 2, "conv2d: packed weights must be a 2-D uint64 array [F, words]");
+  p.F = wbits.shape(0), p.ldb = wbits.shape(1);
+  p.KH = kernel.first, p.KW = kernel.second, p.groups = groups;
+  p.sh = stride.first, p.sw = stride.second, p.ph = padding.first, p.pw = padding.second;
+  p.dh = dilation.first, p.dw = dilation.second, p.OH = out_size.first, p.OW = out_size.second;
+  require(groups >= 1 && p.C % groups == 0 && p.F % groups == 0, "conv2d: groups must divide channels and filters");
+  require(p.KH >= 1 && p.KW >= 1 && p.sh >= 1 && p.sw >= 1 && p.dh >= 1 && p.dw >= 1 && p.ph >= 0 && p.pw >= 0,
+          "conv2d: bad kernel / stride / padding / dilation");
+  require(p.OH >= 1 && p.OW >= 1, "conv2d: the output would be empty");
+  require(p.ldb >= p.KH * p.KW * words_for(p.C / groups), "conv2d: packed weights have too few words per filter");
+  require(tapsum.ndim() == 2 && tapsum.shape(0) == p.F && tapsum.shape(1) == p.KH * p.KW,
+          "conv2d: tapsum must be int32 [F, KH*KW]");
+  require(p.KH * p.KW * (p.C / groups) < (int64_t{1} << 30), "conv2d: reduction too long for int32");
+  const float* sh = opt_ptr(shift, p.C, "shift");
+  const float* sc = opt_ptr(scale, p.F, "scale");
+  const float* bi = opt_ptr(bias, p.F, "bias");
+  const Path path_ = parse_path(path);
+  const uint64_t* ws = split_ptr(wsplit, path_, p.F, p.KH * p.KW * words_for(p.C / groups));
+  const int nt = check_threads(num_threads);
+  const std::vector<py::ssize_t> shape{p.N, p.F, p.OH, p.OW};
+  if (accumulate) {
+    py::array_t<int32_t> out(shape);
+    int32_t* o = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      conv2d(p, x.data(), sh, wbits.data(), ws, tapsum.data(), nullptr, nullptr, nullptr, o, path_, nt);
+    }
+    return std::move(out);
+  }
+  py::array_t<float> out(shape);
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    conv2d(p, x.data(), sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path_, nt);
+  }
+  return std::move(out);
+}
+
+py::array py_linear(const CArr<float>& x, const CArr<uint64_t>& wbits, int64_t K,
+                    const std::optional<CArr<float>>& shift, const std::optional<CArr<float>>& scale,
+                    const std::optional<CArr<float>>& bias, bool accumulate, const std::string& path,
+                    int num_threads, const std::string& kernel, const std::optional<CArr<uint64_t>>& wsplit) {
+  require(x.ndim() == 2 && x.shape(1) == K, "linear expects a 2-D float32 input [M, K]");
+  require(wbits.ndim() == 2 && wbits.shape(1) >= words_for(K), "linear: packed weights must be uint64 [N, >= K/64]");
+  const int64_t M = x.shape(0), N = wbits.shape(0), ldb = wbits.shape(1);
+  const float* sh = opt_ptr(shift, K, "shift");
+  const float* sc = opt_ptr(scale, N, "scale");
+  const float* bi = opt_ptr(bias, N, "bias");
+  const Path p = parse_path(path);
+  const Kernel kern = parse_kernel(kernel);
+  const uint64_t* ws = split_ptr(wsplit, p, N, words_for(K));
+  const int nt = check_threads(num_threads);
+  const std::vector<py::ssize_t> shape{M, N};
+  if (accumulate) {
+    py::array_t<int32_t> out(shape);
+    int32_t* o = out.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      linear(x.data(), M, K, K, sh, wbits.data(), ws, N, ldb, nullptr, nullptr, nullptr, o, p, nt, kern);
+    }
+    return std::move(out);
+  }
+  py::array_t<float> out(shape);
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    linear(x.data(), M, K, K, sh, wbits.data(), ws, N, ldb, sc, bi, o, nullptr, p, nt, kern);
+  }
+  return std::move(out);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_engine, m) {
+  m.doc() = "onebit XNOR-popcount engine (bit-packed binary GEMM and convolution)";
+  m.def("cpu_features", &features, "CPU features the engine can use: popcnt, avx2, avx512_vpopcntdq, x86_64");
+  m.def("available_paths", &available_paths, "Kernel paths usable on this CPU, fastest first");
+  m.def("best_path", [] { return std::string(path_name(best_path())); }, "The path 'auto' selects");
+  m.def("pack_rows", &py_pack_rows, py::arg("a"), py::arg("shift") = py::none(), py::arg("path") = "auto",
+        py::arg("num_threads") = 1,
+        "float32 [M, K] -> uint64 [M, ceil(K/64)]: bit k of row m is 1 iff a[m, k] + shift[k] >= 0");
+  m.def("pack_nchw", &py_pack_nchw, py::arg("x"), py::arg("shift") = py::none(), py::arg("groups") = 1,
+        py::arg("path") = "auto", py::arg("num_threads") = 1,
+        "float32 [N, C, H, W] (any strides) -> uint64 [N, H, W, groups * ceil(C/groups/64)]");
+  m.def("pack_conv_weight", &py_pack_conv_weight, py::arg("w"), py::arg("align") = 8,
+        "float32 [F, C/groups, KH, KW] -> (uint64 bits [F, words], int32 tapsum [F, KH*KW])");
+  m.def("split_weights", &py_split_weights, py::arg("wbits"), py::arg("kw"),
+        "Nibble-split copy [F, 2 kw] of packed weights, for the paths with weight_layout(path) == 'split'");
+  m.def("weight_layout", [](const std::string& path) {
+        return std::string(panel_kernel(parse_path(path)).split ? "split" : "plain"); }, py::arg("path") = "auto",
+        "'split' if the path's panel kernels read nibble-split weights (pass wsplit= to skip splitting per call)");
+  m.def("bgemm", &py_bgemm, py::arg("a"), py::arg("b"), py::arg("k"), py::arg("path") = "auto",
+        py::arg("num_threads") = 1, py::arg("kernel") = "auto",
+        "uint64 A [M, W], B [N, W] -> int32 [M, N] = K - 2 popcount(A xor B); kernel: auto, rows or panels");
+  m.def("conv2d", &py_conv2d, py::arg("x"), py::arg("wbits"), py::arg("tapsum"), py::arg("groups"),
+        py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("out_size"),
+        py::arg("shift") = py::none(), py::arg("scale") = py::none(), py::arg("bias") = py::none(),
+        py::arg("accumulate") = false, py::arg("path") = "auto", py::arg("num_threads") = 1,
+        py::arg("wsplit") = py::none(),
+        "Binary convolution of float32 NCHW x against packed weights; float32 NCHW output, or the exact int32 "
+        "accumulators with accumulate=True");
+  m.def("linear", &py_linear, py::arg("x"), py::arg("wbits"), py::arg("k"), py::arg("shift") = py::none(),
+        py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("accumulate") = false,
+        py::arg("path") = "auto", py::arg("num_threads") = 1, py::arg("kernel") = "auto",
+        py::arg("wsplit") = py::none(), "Binary linear layer of float32 [M, K] x against packed weights [N, words]");
+}

@@ -1,0 +1,445 @@
+// GEMM / convolution drivers: tiling, threading, padding correction and the float epilogue.
+//
+// Binary convolution:
+//   1. pack the input channels-last: P[n, h, w, g*Wg + j] (bits along the channels of each group,
+//      the per-channel threshold shift fused);
+//   2. bit-packed im2col: row i = (oh, ow) of image n, group g holds, tap-major, the Wg words of the
+//      input pixel under each kernel tap, or Wg zero words where the tap falls outside the image;
+//      rows are stored in panels of V interleaved rows (see PanelFn in engine.h);
+//   3. popcount GEMM of those rows against the weights [F, KH*KW*Wg] (same tap-major layout), in
+//      tiles of (group, filter block, image, pixel block) handed out to the threads; the kernel
+//      returns raw = Kbits - 2 popcount with Kbits = KH*KW*Cg, i.e. every tap counted as inside;
+//   4. padding correction: an out-of-image tap must contribute 0, but its zero word against weight
+//      bits w contributes -sum_c sign(w[f, c, tap]) = -tapsum[f][tap].  So acc = raw + the sum of
+//      tapsum[f][tap] over the pixel's out-of-image taps.  Pixels fall into a few border classes
+//      (which kernel rows and columns are outside); one correction vector per class;
+//   5. y = acc * scale[f] + bias[f], written NCHW.
+// Channel tails (Cg not a multiple of 64): the unused bits are 0 in both the activation and the
+// weight words, so they xor to 0, and Kbits counts only real channels.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "engine.h"
+
+namespace onebit {
+namespace {
+
+// Grow-only 64-byte aligned scratch buffers, one set per calling thread.
+class Scratch {
+ public:
+  ~Scratch() {
+    for (auto& b : bufs_) std::free(b.first);
+  }
+  template <typename T>
+  T* get(int slot, int64_t count) {
+    auto& b = bufs_[slot];
+    const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T);
+    if (b.second < bytes) {
+      std::free(b.first);
+      b.first = nullptr;
+      b.second = 0;
+      const size_t cap = static_cast<size_t>(round_up(static_cast<int64_t>(bytes), 64));
+      b.first = std::aligned_alloc(64, cap);
+      if (!b.first) throw std::bad_alloc();
+      b.second = cap;
+    }
+    return static_cast<T*>(b.first);
+  }
+
+ private:
+  std::pair<void*, size_t> bufs_[4] = {};
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+int32_t* tile_buffer(int64_t count) {
+  thread_local std::vector<int32_t> t;
+  if (static_cast<int64_t>(t.size()) < count) t.resize(count);
+  return t.data();
+}
+
+bool packs_with_avx2(Path path) { return path != Path::Portable && cpu_features().avx2; }
+
+int64_t row_align(Path path) { return path == Path::AVX512 ? 8 : 4; }
+
+// rows of the streamed operand per tile (its block stays in L1 while NR-wide slices of the other
+// operand pass over it); a multiple of 8, hence of every panel width
+int64_t rows_per_tile(int64_t kw) {
+  const int64_t r = 16384 / (8 * std::max<int64_t>(kw, 1));
+  return std::max<int64_t>(8, std::min<int64_t>(256, r / 8 * 8));
+}
+
+// Pixel rows per panel tile.  Each NR-wide slice of filters streams the whole A block, and each
+// tile streams its filters once: when all rows of an image fit in about half of L2, take them all
+// (the filters, possibly larger than L2, are then read once per image); otherwise L1-sized blocks
+// (the filters are then few and stay cached).
+int64_t panel_rows_per_tile(int64_t rows, int64_t step_words) {
+  if (rows * step_words * 8 <= 192 * 1024) return rows;
+  return std::min(rows, rows_per_tile(step_words));
+}
+
+// filters per tile: up to 64, fewer while there are not about 4 tiles per thread
+int64_t filters_per_tile(int64_t nf, int64_t other_tiles, int nthreads) {
+  int64_t fb = std::min<int64_t>(nf, 64);
+  while (fb > 8 && other_tiles * ((nf + fb - 1) / fb) < 4 * nthreads) fb = (fb + 1) / 2;
+  return fb;
+}
+
+// o[i] = float(a[i]) * s + b: the float epilogue of one output channel (8-wide where AVX2 is there;
+// mul then add, never fused, on every path)
+void scale_bias_portable(const int32_t* a, float s, float b, float* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = static_cast<float>(a[i]) * s + b;
+}
+#if ONEBIT_X86
+__attribute__((target("avx2"))) void scale_bias_avx2(const int32_t* a, float s, float b, float* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) o[i] = static_cast<float>(a[i]) * s + b;
+}
+#endif
+using ScaleBiasFn = void (*)(const int32_t*, float, float, float*, int64_t);
+ScaleBiasFn scale_bias_fn(Path path) {
+#if ONEBIT_X86
+  if (path != Path::Portable && cpu_features().avx2) return scale_bias_avx2;
+#else
+  (void)path;
+#endif
+  return scale_bias_portable;
+}
+
+inline float scale_of(const float* scale, int64_t f) { return scale ? scale[f] : 1.0f; }
+inline float bias_of(const float* bias, int64_t f) { return bias ? bias[f] : 0.0f; }
+
+// out[m, n] (row-major, Nf columns) with the row kernels: the filters Wt stream through the
+// microkernel, the packed inputs X form the NR-wide slices.
+void gemm_rows(const uint64_t* Wt, int64_t Nf, int64_t ldw, const uint64_t* X, int64_t M, int64_t ldx, int64_t kw,
+               int32_t Kbits, const float* scale, const float* bias, float* out_f, int32_t* out_i, Path path,
+               int nthreads) {
+  const BlockFn fn = block_fn(path);
+  const int64_t fb = rows_per_tile(ldw), mb = 64;
+  const int64_t fblocks = (Nf + fb - 1) / fb, mblocks = (M + mb - 1) / mb;
+  parallel_for(fblocks * mblocks, nthreads, [&](int64_t t) {
+    const int64_t fi = t % fblocks, mi = t / fblocks;
+    const int64_t f0 = fi * fb, fc = std::min(fb, Nf - f0);
+    const int64_t m0 = mi * mb, mc = std::min(mb, M - m0);
+    int32_t* T = tile_buffer(fb * mb);
+    fn(Wt + f0 * ldw, ldw, fc, X + m0 * ldx, ldx, mc, kw, T, fc);  // T[m * fc + f] = popcount
+    for (int64_t m = 0; m < mc; ++m) {
+      const int32_t* a = T + m * fc;
+      if (out_f) {
+        float* o = out_f + (m0 + m) * Nf + f0;
+        for (int64_t j = 0; j < fc; ++j)
+          o[j] = static_cast<float>(Kbits - 2 * a[j]) * scale_of(scale, f0 + j) + bias_of(bias, f0 + j);
+      } else {
+        int32_t* o = out_i + (m0 + m) * Nf + f0;
+        for (int64_t j = 0; j < fc; ++j) o[j] = Kbits - 2 * a[j];
+      }
+    }
+  });
+}
+
+// Weights as the panel kernel reads them: as they are, pre-split by the caller (wsplit, [Nf, 2 kw]),
+// or nibble-split now into scratch slot 2.
+const uint64_t* panel_weights(const PanelKernel& pk, const uint64_t* Wt, const uint64_t* wsplit, int64_t Nf,
+                              int64_t ldw, int64_t kw, int64_t* ld_out, int nthreads) {
+  if (!pk.split) {
+    *ld_out = ldw;
+    return Wt;
+  }
+  if (wsplit) {
+    *ld_out = 2 * kw;
+    return wsplit;
+  }
+  uint64_t* Ws = scratch().get<uint64_t>(2, Nf * 2 * kw);
+  split_rows(Wt, Nf, ldw, kw, Ws, nthreads);
+  *ld_out = 2 * kw;
+  return Ws;
+}
+
+// out[m, n] with the panel kernels: Xp holds the inputs in panels of V rows (M padded to whole
+// panels with zero rows, layout as pk wants it), the filters Wt are broadcast.
+void gemm_panels(const uint64_t* Wt, const uint64_t* wsplit, int64_t Nf, int64_t ldw, const uint64_t* Xp, int64_t M,
+                 int64_t kw, int32_t Kbits, const float* scale, const float* bias, float* out_f, int32_t* out_i,
+                 Path path, int nthreads) {
+  const PanelKernel pk = panel_kernel(path);
+  const int64_t S = pk.split ? 2 : 1;
+  int64_t ldb = 0;
+  const uint64_t* Bw = panel_weights(pk, Wt, wsplit, Nf, ldw, kw, &ldb, nthreads);
+  const int64_t Mp = round_up(M, pk.V);
+  const int64_t mb = panel_rows_per_tile(Mp, kw * S), mblocks = (Mp + mb - 1) / mb;
+  const int64_t fb = filters_per_tile(Nf, mblocks, nthreads), fblocks = (Nf + fb - 1) / fb;
+  parallel_for(fblocks * mblocks, nthreads, [&](int64_t t) {
+    const int64_t fi = t % fblocks, mi = t / fblocks;
+    const int64_t f0 = fi * fb, fc = std::min(fb, Nf - f0);
+    const int64_t m0 = mi * mb, mc = std::min(mb, M - m0), mp = std::min(mb, Mp - m0);
+    int32_t* T = tile_buffer(fb * mb);
+    pk.fn(Xp + m0 * kw * S, mp, Bw + f0 * ldb, ldb, fc, kw, Kbits, T, mp);  // T[f * mp + m] = acc
+    for (int64_t m = 0; m < mc; ++m) {
+      if (out_f) {
+        float* o = out_f + (m0 + m) * Nf + f0;
+        for (int64_t j = 0; j < fc; ++j)
+          o[j] = static_cast<float>(T[j * mp + m]) * scale_of(scale, f0 + j) + bias_of(bias, f0 + j);
+      } else {
+        int32_t* o = out_i + (m0 + m) * Nf + f0;
+        for (int64_t j = 0; j < fc; ++j) o[j] = T[j * mp + m];
+      }
+    }
+  });
+}
+
+bool use_panels(Kernel kernel, int64_t M, Path path) {
+  if (kernel == Kernel::Auto) return M >= 2 * panel_kernel(path).V;
+  return kernel == Kernel::Panels;
+}
+
+// Valid tap range [lo, hi) of output coordinate o along one axis (lo == hi: none).
+std::pair<int64_t, int64_t> valid_taps(int64_t o, int64_t stride, int64_t pad, int64_t dil, int64_t K, int64_t size) {
+  int64_t lo = 0, hi = 0;
+  bool seen = false;
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t i = o * stride - pad + k * dil;
+    if (i >= 0 && i < size) {
+      if (!seen) lo = k;
+      seen = true;
+      hi = k + 1;
+    }
+  }
+  if (!seen) lo = hi = 0;
+  return {lo, hi};
+}
+
+}  // namespace
+
+void bgemm(const uint64_t* A, int64_t M, int64_t lda, const uint64_t* B, int64_t N, int64_t ldb, int64_t K,
+           int32_t* out, Path path, int nthreads, Kernel kernel) {
+  const int64_t kw = words_for(K);
+  const int32_t Kbits = static_cast<int32_t>(K);
+  if (use_panels(kernel, M, path)) {
+    const PanelKernel pk = panel_kernel(path);
+    uint64_t* Ap = scratch().get<uint64_t>(0, round_up(M, pk.V) * kw * (pk.split ? 2 : 1));
+    interleave_panels(A, M, lda, kw, pk.V, pk.split, Ap);
+    gemm_panels(B, nullptr, N, ldb, Ap, M, kw, Kbits, nullptr, nullptr, nullptr, out, path, nthreads);
+  } else {
+    gemm_rows(B, N, ldb, A, M, lda, kw, Kbits, nullptr, nullptr, nullptr, out, path, nthreads);
+  }
+}
+
+void linear(const float* x, int64_t M, int64_t K, int64_t ldx, const float* shift, const uint64_t* wbits,
+            const uint64_t* wsplit, int64_t N, int64_t ldb, const float* scale, const float* bias, float* out_f,
+            int32_t* out_i, Path path, int nthreads, Kernel kernel) {
+  const int64_t kw = words_for(K);
+  const int32_t Kbits = static_cast<int32_t>(K);
+  const bool avx2 = packs_with_avx2(path);
+  if (use_panels(kernel, M, path)) {
+    const PanelKernel pk = panel_kernel(path);
+    uint64_t* Xp = scratch().get<uint64_t>(0, round_up(M, pk.V) * kw * (pk.split ? 2 : 1));
+    pack_rows_panels(x, M, K, ldx, shift, Xp, pk.V, pk.split, avx2, nthreads);
+    gemm_panels(wbits, wsplit, N, ldb, Xp, M, kw, Kbits, scale, bias, out_f, out_i, path, nthreads);
+  } else {
+    const int64_t ldp = round_up(kw, row_align(path));
+    uint64_t* Xp = scratch().get<uint64_t>(0, M * ldp);
+    pack_rows(x, M, K, ldx, shift, Xp, ldp, avx2, nthreads);
+    gemm_rows(wbits, N, ldb, Xp, M, ldp, kw, Kbits, scale, bias, out_f, out_i, path, nthreads);
+  }
+}
+
+namespace {
+
+// Bit-packed im2col into panels of V interleaved rows.  Row i (= oh * OW + ow) of one image and
+// group holds, tap-major, the Wg words of the input pixel under each tap (zero words where the tap
+// is outside the image); in the panel layout word w of row i sits at
+// ((i - i0) / V) * kw * V * S + w * V * S + (i - i0) % V  (+ V for the hi plane of the split layout).
+struct Im2col {
+  const uint64_t* P;  // packed input [N, H, W, G * Wg]
+  int64_t H, W, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw;
+  int64_t Wg, ldp, kw, V, OHW;
+  bool split;
+
+  // rows [i0, i1) of image n, group g (i0 a multiple of V; rows >= OHW come out zero) -> dst
+  void rows(int64_t n, int64_t g, int64_t i0, int64_t i1, uint64_t* dst) const {
+    // local copies: the uint64 stores below may alias int64 members as far as the compiler knows
+    const int64_t H_ = H, W_ = W, OW_ = OW, KH_ = KH, KW_ = KW, sh_ = sh, sw_ = sw, ph_ = ph, pw_ = pw;
+    const int64_t dh_ = dh, dw_ = dw, wg = Wg, lp = ldp, kwv = kw, v = V, ohw = OHW;
+    const bool sp = split;
+    const int64_t s = sp ? 2 : 1, vs = v * s;
+    const int vshift = v == 8 ? 3 : 2;
+    auto at = [=](int64_t i) { const int64_t l = i - i0; return dst + (l >> vshift) * kwv * vs + (l & (v - 1)); };
+    auto put = [=](uint64_t* d, uint64_t word) {
+      if (sp) {
+        d[0] = nib_lo(word);
+        d[v] = nib_hi(word);
+      } else {
+        d[0] = word;
+      }
+    };
+    const int64_t iend = std::min(i1, ohw);
+    for (int64_t oh = i0 / OW_; oh * OW_ < iend; ++oh) {
+      const int64_t owa = std::max<int64_t>(0, i0 - oh * OW_), owb = std::min<int64_t>(OW_, iend - oh * OW_);
+      const int64_t ib = oh * OW_;
+      for (int64_t kh = 0; kh < KH_; ++kh) {
+        const int64_t ih = oh * sh_ - ph_ + kh * dh_;
+        const bool row_in = ih >= 0 && ih < H_;
+        const uint64_t* srow = P + (n * H_ + (row_in ? ih : 0)) * W_ * lp + g * wg;
+        for (int64_t kx = 0; kx < KW_; ++kx) {
+          const int64_t toff = (kh * KW_ + kx) * wg * vs;
+          const int64_t off = kx * dw_ - pw_;  // iw = ow * sw + off
+          int64_t lo = owa, hi = owa;           // in-image columns [lo, hi) of [owa, owb)
+          if (row_in) {
+            lo = std::max(owa, off >= 0 ? 0 : (-off + sw_ - 1) / sw_);
+            hi = std::min(owb, W_ - 1 - off >= 0 ? (W_ - 1 - off) / sw_ + 1 : 0);
+            lo = std::min(lo, std::max(hi, owa));
+            hi = std::max(hi, lo);
+          }
+          for (int64_t ow = owa; ow < lo; ++ow)
+            for (int64_t j = 0; j < wg; ++j) put(at(ib + ow) + toff + j * vs, 0);
+          if (wg == 1) {
+            const uint64_t* src = srow + (lo * sw_ + off) * lp;
+            const int64_t step = sw_ * lp;
+            for (int64_t ow = lo; ow < hi; ++ow, src += step) put(at(ib + ow) + toff, *src);
+          } else {
+            for (int64_t ow = lo; ow < hi; ++ow) {
+              uint64_t* d = at(ib + ow) + toff;
+              const uint64_t* src = srow + (ow * sw_ + off) * lp;
+              for (int64_t j = 0; j < wg; ++j) put(d + j * vs, src[j]);
+            }
+          }
+          for (int64_t ow = hi; ow < owb; ++ow)
+            for (int64_t j = 0; j < wg; ++j) put(at(ib + ow) + toff + j * vs, 0);
+        }
+      }
+    }
+    for (int64_t i = std::max(i0, ohw); i < i1; ++i) {  // padding rows of the last panel
+      uint64_t* d = at(i);
+      for (int64_t w = 0; w < kwv; ++w) put(d + w * vs, 0);
+    }
+  }
+};
+
+uint64_t* thread_block(int64_t words) {
+  thread_local Scratch s;
+  return s.get<uint64_t>(0, words);
+}
+
+}  // namespace
+
+void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits, const uint64_t* wsplit,
+            const int32_t* tapsum, const float* scale, const float* bias, float* out_f, int32_t* out_i, Path path,
+            int nthreads) {
+  const int64_t G = p.groups, Cg = p.C / G, Fg = p.F / G, Wg = words_for(Cg);
+  const int64_t taps = p.KH * p.KW, kw = taps * Wg;
+  const int32_t Kbits = static_cast<int32_t>(taps * Cg);
+  const int64_t HW = p.H * p.W, OHW = p.OH * p.OW, ldp = G * Wg;
+  const PanelKernel pk = panel_kernel(path);
+  const int64_t V = pk.V, S = pk.split ? 2 : 1;
+  const int64_t Mimg = round_up(OHW, V);  // rows per image, padded to whole panels
+
+  // 1. pack the input channels-last
+  uint64_t* P = scratch().get<uint64_t>(0, p.N * HW * ldp);
+  pack_nchw(x, p.N, p.C, p.H, p.W, p.xstrides, shift, G, P, packs_with_avx2(path), nthreads);
+
+  const Im2col im2col{P, p.H, p.W, p.OH, p.OW, p.KH, p.KW, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw,
+                      Wg, ldp, kw, V, OHW, pk.split};
+
+  // 2. tiles: (group, filter block, image, pixel block).  When an image's rows fit in about half
+  //    of L2, its whole im2col block is built once (shared by the filter blocks); otherwise each
+  //    tile builds its own L1-sized block of rows right before using it, so the (large) im2col
+  //    matrix never travels through memory.
+  const int64_t mb = panel_rows_per_tile(Mimg, kw * S);  // a multiple of 8 or all of Mimg: whole panels
+  const bool shared = mb == Mimg;
+  const int64_t mblocks = (OHW + mb - 1) / mb;
+  uint64_t* A = nullptr;
+  if (shared) {
+    A = scratch().get<uint64_t>(1, G * p.N * Mimg * kw * S);
+    const int64_t chunk = std::max<int64_t>(V, round_up(std::max<int64_t>(1, 4096 / (kw * S)), V));
+    const int64_t nch = (Mimg + chunk - 1) / chunk;
+    parallel_for(G * p.N * nch, nthreads, [&](int64_t t) {
+      const int64_t c = t % nch, gn = t / nch, i0 = c * chunk, i1 = std::min(Mimg, i0 + chunk);
+      im2col.rows(gn % p.N, gn / p.N, i0, i1, A + (gn * Mimg + i0) * kw * S);
+    });
+  }
+
+  // 4. border classes and their corrections corr[class][f]
+  std::vector<int> rcls(p.OH), ccls(p.OW);
+  std::vector<std::pair<int64_t, int64_t>> rkeys, ckeys;
+  auto classify = [](std::vector<std::pair<int64_t, int64_t>>& keys, std::pair<int64_t, int64_t> k) {
+    for (size_t i = 0; i < keys.size(); ++i)
+      if (keys[i] == k) return static_cast<int>(i);
+    keys.push_back(k);
+    return static_cast<int>(keys.size() - 1);
+  };
+  for (int64_t oh = 0; oh < p.OH; ++oh) rcls[oh] = classify(rkeys, valid_taps(oh, p.sh, p.ph, p.dh, p.KH, p.H));
+  for (int64_t ow = 0; ow < p.OW; ++ow) ccls[ow] = classify(ckeys, valid_taps(ow, p.sw, p.pw, p.dw, p.KW, p.W));
+  const int64_t nrc = static_cast<int64_t>(rkeys.size()), ncc = static_cast<int64_t>(ckeys.size());
+  std::vector<int32_t> corr(nrc * ncc * p.F, 0);
+  std::vector<char> border(nrc * ncc, 0);
+  for (int64_t r = 0; r < nrc; ++r) {
+    for (int64_t c = 0; c < ncc; ++c) {
+      int32_t* cr = corr.data() + (r * ncc + c) * p.F;
+      for (int64_t kh = 0; kh < p.KH; ++kh) {
+        for (int64_t kx = 0; kx < p.KW; ++kx) {
+          const bool in = kh >= rkeys[r].first && kh < rkeys[r].second && kx >= ckeys[c].first &&
+                          kx < ckeys[c].second;
+          if (in) continue;
+          border[r * ncc + c] = 1;
+          const int64_t t = kh * p.KW + kx;
+          for (int64_t f = 0; f < p.F; ++f) cr[f] += tapsum[f * taps + t];
+        }
+      }
+    }
+  }
+  // class of each output pixel, -1 for interior pixels (no correction)
+  std::vector<int32_t> pixcls(OHW);
+  for (int64_t oh = 0; oh < p.OH; ++oh)
+    for (int64_t ow = 0; ow < p.OW; ++ow) {
+      const int64_t k = rcls[oh] * ncc + ccls[ow];
+      pixcls[oh * p.OW + ow] = border[k] ? static_cast<int32_t>(k) : -1;
+    }
+
+  // 3 + 5. popcount GEMM per tile, padding correction, epilogue
+  int64_t ldb = 0;
+  const uint64_t* Bw = panel_weights(pk, wbits, wsplit, p.F, p.ldb, kw, &ldb, nthreads);
+  const int64_t fb = filters_per_tile(Fg, G * p.N * mblocks, nthreads), fblocks = (Fg + fb - 1) / fb;
+  const ScaleBiasFn scale_bias = scale_bias_fn(path);
+  const int64_t ntasks = G * fblocks * p.N * mblocks;
+  parallel_for(ntasks, nthreads, [&](int64_t t) {
+    const int64_t mi = t % mblocks;
+    t /= mblocks;
+    const int64_t n = t % p.N;
+    t /= p.N;
+    const int64_t fi = t % fblocks, g = t / fblocks;
+    const int64_t p0 = mi * mb, mc = std::min(mb, OHW - p0), mp = std::min(mb, Mimg - p0);
+    const int64_t f0 = g * Fg + fi * fb, fc = std::min(fb, Fg - fi * fb);
+    const uint64_t* Ab;
+    if (shared) {
+      Ab = A + ((g * p.N + n) * Mimg + p0) * kw * S;
+    } else {
+      uint64_t* blk = thread_block(mp * kw * S);
+      im2col.rows(n, g, p0, p0 + mp, blk);
+      Ab = blk;
+    }
+    int32_t* T = tile_buffer(mb * fb);
+    pk.fn(Ab, mp, Bw + f0 * ldb, ldb, fc, kw, Kbits, T, mp);  // raw acc
+    for (int64_t i = 0; i < mc; ++i) {
+      const int32_t k = pixcls[p0 + i];
+      if (k < 0) continue;
+      const int32_t* cr = corr.data() + k * p.F + f0;
+      for (int64_t j = 0; j < fc; ++j) T[j * mp + i] += cr[j];
+    }
+    for (int64_t j = 0; j < fc; ++j) {
+      const int32_t* a = T + j * mp;
+      const int64_t f = f0 + j;
+      if (out_f) {
+        scale_bias(a, scale_of(scale, f), bias_of(bias, f), out_f + (n * p.F + f) * OHW + p0, mc);
+      } else {
+        std::memcpy(out_i + (n * p.F + f) * OHW + p0, a, sizeof(int32_t) * mc);
+      }
+    }
+  });
+}
+
+}  // namespace onebit

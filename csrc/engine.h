@@ -1,0 +1,166 @@
+// onebit XNOR-popcount engine: shared declarations.
+//
+// Bit convention (the whole engine): a bit is 1 for +1 (value >= 0, -0.0 included) and 0 for -1.
+// For two packed rows a, b of K real bits, sum_k s(a_k) s(b_k) = K - 2 popcount(a xor b).
+// Invariant: the unused bits of every packed word (beyond K, or beyond the channels of a word)
+// are 0 in BOTH operands, so their xor is 0 and they add nothing to the popcount; K itself
+// counts only the real bits.  Zero words that pad a row to an aligned stride obey the same rule.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+// ONEBIT_X86: x86-64 with GCC / Clang builtins and target attributes.  Define ONEBIT_NO_X86 to build
+// the portable path alone (what a non-x86 build gets), e.g. to test it on x86.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ONEBIT_NO_X86)
+#define ONEBIT_X86 1
+#else
+#define ONEBIT_X86 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ONEBIT_INLINE inline __attribute__((always_inline))
+#else
+#define ONEBIT_INLINE inline
+#endif
+
+namespace onebit {
+
+enum class Path { Portable = 0, AVX2 = 1, AVX512 = 2 };
+
+// Which kernel family a GEMM uses: row kernels (vector along K; best for few rows, e.g. batch-1
+// linear layers), panel kernels (vector across rows), or Auto (panels once M >= 2 V).
+enum class Kernel { Auto = 0, Rows = 1, Panels = 2 };
+
+struct CpuFeatures {
+  bool popcnt = false;
+  bool avx2 = false;
+  bool avx512_vpopcntdq = false;  // avx512f + avx512bw + avx512vpopcntdq, OS-enabled
+};
+
+const CpuFeatures& cpu_features();
+bool path_available(Path p);
+Path best_path();
+const char* path_name(Path p);
+Path parse_path(const std::string& name);  // "auto" -> best_path(); throws std::invalid_argument
+
+// ---- popcount blocks -------------------------------------------------------------------------
+// C[j * ldc + i] = sum_{w < kw} popcount(A[i * lda + w] ^ B[j * ldb + w]) for i < m, j < n.
+using BlockFn = void (*)(const uint64_t* A, int64_t lda, int64_t m, const uint64_t* B, int64_t ldb,
+                         int64_t n, int64_t kw, int32_t* C, int64_t ldc);
+BlockFn block_fn(Path p);
+
+void popcount_block_portable(const uint64_t*, int64_t, int64_t, const uint64_t*, int64_t, int64_t,
+                             int64_t, int32_t*, int64_t);
+#if ONEBIT_X86
+void popcount_block_popcnt(const uint64_t*, int64_t, int64_t, const uint64_t*, int64_t, int64_t,
+                           int64_t, int32_t*, int64_t);
+void popcount_block_avx2(const uint64_t*, int64_t, int64_t, const uint64_t*, int64_t, int64_t,
+                         int64_t, int32_t*, int64_t);
+void popcount_block_avx512(const uint64_t*, int64_t, int64_t, const uint64_t*, int64_t, int64_t,
+                           int64_t, int32_t*, int64_t);
+#endif
+
+// ---- popcount panels (convolution and multi-row linear layout) ----------------------------------
+// A holds m / V panels of V rows (m a multiple of V), rows interleaved word by word, so that one
+// vector load holds word w of V rows and each lane of the accumulators is one (row, filter) pair:
+// no horizontal sums, and the reduction runs in steps of 64 bits, not of a vector.  B is
+// row-major and read by broadcasts.  A must be aligned to 8 * V bytes.
+//   plain layout (split = false): word w of row r of panel q is A[q * kw * V + w * V + r]; B[j * ldb + w].
+//   nibble-split layout (split = true, the AVX2 path): each word is stored as two, lo = word & 0x0f..0f
+//   and hi = (word >> 4) & 0x0f..0f: A[q * 2 kw V + 2 w V + r] = lo, A[... + V] = hi; B[j * ldb + 2 w] = lo,
+//   B[j * ldb + 2 w + 1] = hi.  popcount(a ^ b) = popcount(a_lo ^ b_lo) + popcount(a_hi ^ b_hi), and
+//   both xors are already valid nibble indices for vpshufb: 6 vector ops per 256 bit-pairs, not 8.
+// C[j * ldc + i] = kbits - 2 * sum_{w < kw} popcount(word w of row i of A ^ word w of row j of B).
+using PanelFn = void (*)(const uint64_t* A, int64_t m, const uint64_t* B, int64_t ldb, int64_t n, int64_t kw,
+                         int32_t kbits, int32_t* C, int64_t ldc);
+struct PanelKernel {
+  PanelFn fn;
+  int64_t V;   // rows per panel: 4 (portable, AVX2) or 8 (AVX-512)
+  bool split;  // nibble-split layout
+};
+PanelKernel panel_kernel(Path p);
+
+// word -> (lo, hi) nibble planes, see above
+constexpr uint64_t kNibbles = 0x0f0f0f0f0f0f0f0fULL;
+inline uint64_t nib_lo(uint64_t w) { return w & kNibbles; }
+inline uint64_t nib_hi(uint64_t w) { return (w >> 4) & kNibbles; }
+// rows B[n, ldb] (kw words used) -> out[n, 2 kw] in the split layout
+void split_rows(const uint64_t* B, int64_t N, int64_t ldb, int64_t kw, uint64_t* out, int nthreads);
+
+#define ONEBIT_PANEL_ARGS const uint64_t*, int64_t, const uint64_t*, int64_t, int64_t, int64_t, int32_t, int32_t*, int64_t
+void popcount_panel_portable(ONEBIT_PANEL_ARGS);
+#if ONEBIT_X86
+void popcount_panel_popcnt(ONEBIT_PANEL_ARGS);
+void popcount_panel_avx2(ONEBIT_PANEL_ARGS);
+void popcount_panel_avx512(ONEBIT_PANEL_ARGS);
+#endif
+#undef ONEBIT_PANEL_ARGS
+
+// ---- threads ----------------------------------------------------------------------------------
+// Runs fn(t) for t in [0, ntasks) on up to nthreads threads (the caller included), tasks handed
+// out dynamically.  A persistent std::thread pool (no OpenMP); nested or concurrent calls run
+// serially in the calling thread.  If tasks throw, the first exception is rethrown in the caller
+// after all tasks have finished.
+void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn);
+
+// ---- packing ----------------------------------------------------------------------------------
+inline int64_t words_for(int64_t bits) { return (bits + 63) / 64; }
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// out[m * ldo + w]: bit k of row m is 1 iff a[m * lda + k] + shift[k] >= 0 (shift may be null);
+// words [words_for(K), ldo) of each row are zeroed.
+void pack_rows(const float* a, int64_t M, int64_t K, int64_t lda, const float* shift, uint64_t* out,
+               int64_t ldo, bool avx2, int nthreads);
+
+// Rows packed straight into panels of V interleaved rows (see PanelFn, split or plain layout);
+// rows M..round_up(M, V)-1 are 0.
+void pack_rows_panels(const float* a, int64_t M, int64_t K, int64_t lda, const float* shift, uint64_t* out,
+                      int64_t V, bool split, bool avx2, int nthreads);
+// Row-major packed rows A[M, lda] (kw words used) -> panels of V interleaved rows.
+void interleave_panels(const uint64_t* A, int64_t M, int64_t lda, int64_t kw, int64_t V, bool split, uint64_t* out);
+
+// NCHW float (any element strides) -> out[((n * H + h) * W + w) * (G * Wg) + g * Wg + j], bits of
+// group g's channels g*Cg + 64 j + b; bit 1 iff x + shift[c] >= 0.
+void pack_nchw(const float* x, int64_t N, int64_t C, int64_t H, int64_t W, const int64_t strides[4],
+               const float* shift, int64_t groups, uint64_t* out, bool avx2, int nthreads);
+
+// Weights w[F, Cg, KH, KW] (contiguous) -> bits[F, ldb] laid out tap-major, channel-minor:
+// word (kh * KW + kw) * Wg + j holds channels 64 j .. 64 j + 63; words >= KH*KW*Wg are 0.
+// tapsum[F, KH*KW] = sum over the Cg channels of sign(w) (+1 for w >= 0, else -1).
+void pack_conv_weight(const float* w, int64_t F, int64_t Cg, int64_t KH, int64_t KW, uint64_t* bits,
+                      int64_t ldb, int32_t* tapsum);
+
+// ---- drivers ----------------------------------------------------------------------------------
+struct ConvParams {
+  int64_t N, C, H, W;           // input
+  int64_t xstrides[4];          // element strides of x
+  int64_t F, KH, KW, groups;    // filters
+  int64_t sh, sw, ph, pw, dh, dw;  // stride, padding (top, left), dilation
+  int64_t OH, OW;               // output size (bottom/right padding implied)
+  int64_t ldb;                  // words per filter row in wbits
+};
+
+// y[n, f, oh, ow] (contiguous NCHW).  If out_f is given: acc * scale[f] + bias[f] (scale / bias may
+// be null: 1 / 0); otherwise out_i receives the exact integer accumulator
+// acc = sum over in-image taps and channels of sign(x + shift) * sign(w); padded taps contribute 0.
+// wsplit: optional [F, 2 * KH*KW*Wg] nibble-split copy of wbits (split_rows), used by the paths
+// whose panel kernel reads that layout (saves splitting the weights on every call).
+void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits,
+            const uint64_t* wsplit, const int32_t* tapsum, const float* scale, const float* bias, float* out_f,
+            int32_t* out_i, Path path, int nthreads);
+
+// x[M, K] (row stride ldx) against wbits[N, ldb]: y[m, n] = acc * scale[n] + bias[n] into out_f, or
+// the accumulator acc = K - 2 popcount into out_i.
+void linear(const float* x, int64_t M, int64_t K, int64_t ldx, const float* shift, const uint64_t* wbits,
+            const uint64_t* wsplit, int64_t N, int64_t ldb, const float* scale, const float* bias, float* out_f,
+            int32_t* out_i, Path path, int nthreads, Kernel kernel = Kernel::Auto);
+
+// A[M, lda] x B[N, ldb] words over K bits: out[m * N + n] = K - 2 popcount(A_m xor B_n).
+void bgemm(const uint64_t* A, int64_t M, int64_t lda, const uint64_t* B, int64_t N, int64_t ldb, int64_t K,
+           int32_t* out, Path path, int nthreads, Kernel kernel = Kernel::Auto);
+
+}  // namespace onebit

@@ -1,0 +1,239 @@
+// CPU feature detection, path dispatch and the std::thread pool.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <thread>
+
+#include "engine.h"
+
+#if defined(_WIN32)
+#include <process.h>
+#define ONEBIT_GETPID _getpid
+#else
+#include <unistd.h>
+#define ONEBIT_GETPID getpid
+#endif
+
+namespace onebit {
+
+// ---- features and paths -----------------------------------------------------------------------
+
+const CpuFeatures& cpu_features() {
+  static const CpuFeatures f = [] {
+    CpuFeatures r;
+#if ONEBIT_X86
+    __builtin_cpu_init();
+    r.popcnt = __builtin_cpu_supports("popcnt");
+    r.avx2 = __builtin_cpu_supports("avx2") && r.popcnt;
+    r.avx512_vpopcntdq = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vpopcntdq") && r.popcnt;
+#endif
+    return r;
+  }();
+  return f;
+}
+
+bool path_available(Path p) {
+  switch (p) {
+    case Path::Portable: return true;
+    case Path::AVX2: return cpu_features().avx2;
+    case Path::AVX512: return cpu_features().avx512_vpopcntdq;
+  }
+  return false;
+}
+
+Path best_path() {
+  if (path_available(Path::AVX512)) return Path::AVX512;
+  if (path_available(Path::AVX2)) return Path::AVX2;
+  return Path::Portable;
+}
+
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::Portable: return "portable";
+    case Path::AVX2: return "avx2";
+    case Path::AVX512: return "avx512";
+  }
+  return "?";
+}
+
+Path parse_path(const std::string& name) {
+  Path p;
+  if (name == "auto") return best_path();
+  if (name == "portable") p = Path::Portable;
+  else if (name == "avx2") p = Path::AVX2;
+  else if (name == "avx512") p = Path::AVX512;
+  else throw std::invalid_argument("unknown engine path '" + name + "'; allowed: auto, avx512, avx2, portable");
+  if (!path_available(p)) {
+    std::string avail = "portable";
+    if (path_available(Path::AVX2)) avail += ", avx2";
+    if (path_available(Path::AVX512)) avail += ", avx512";
+    throw std::invalid_argument(std::string("engine path '") + name + "' is not supported by this CPU; available: " +
+                                avail);
+  }
+  return p;
+}
+
+BlockFn block_fn(Path p) {
+#if ONEBIT_X86
+  switch (p) {
+    case Path::AVX512: return popcount_block_avx512;
+    case Path::AVX2: return popcount_block_avx2;
+    case Path::Portable: return cpu_features().popcnt ? popcount_block_popcnt : popcount_block_portable;
+  }
+#else
+  (void)p;
+#endif
+  return popcount_block_portable;
+}
+
+PanelKernel panel_kernel(Path p) {
+#if ONEBIT_X86
+  switch (p) {
+    case Path::AVX512: return {popcount_panel_avx512, 8, false};
+    case Path::AVX2: return {popcount_panel_avx2, 4, true};
+    case Path::Portable:
+      return {cpu_features().popcnt ? popcount_panel_popcnt : popcount_panel_portable, 4, false};
+  }
+#else
+  (void)p;
+#endif
+  return {popcount_panel_portable, 4, false};
+}
+
+// ---- thread pool ------------------------------------------------------------------------------
+//
+// Workers block on a condition variable between jobs (no spinning: they must not steal cores
+// from torch or from other processes).  An exception thrown by a task is caught where it happens
+// and rethrown in the caller once every task has finished.  Tasks are handed out through an atomic counter, so a
+// worker that wakes late simply finds nothing left; the caller works too and waits only until
+// every task has *finished*.  Jobs are shared_ptr-owned, so a late worker never touches a dead
+// job.  After fork() the child gets a fresh pool (the parent's threads do not exist there).
+
+namespace {
+
+struct Job {
+  const std::function<void(int64_t)>* fn = nullptr;
+  int64_t ntasks = 0;
+  int nworkers = 0;  // workers (besides the caller) allowed to take part
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex error_mu;
+  std::exception_ptr error;  // the first exception a task threw, rethrown in the caller
+};
+
+class ThreadPool {
+ public:
+  void run(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn) {
+    std::unique_lock<std::mutex> busy(run_mu_, std::try_to_lock);
+    if (!busy.owns_lock() || nthreads <= 1 || ntasks <= 1) {  // nested / concurrent / serial
+      for (int64_t t = 0; t < ntasks; ++t) fn(t);
+      return;
+    }
+    const int nworkers = static_cast<int>(std::min<int64_t>(nthreads, ntasks)) - 1;
+    auto job = std::make_shared<Job>();
+    job->fn = &fn;
+    job->ntasks = ntasks;
+    job->nworkers = nworkers;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      while (static_cast<int>(threads_) < nworkers) {
+        std::thread(&ThreadPool::worker, this, static_cast<int>(threads_)).detach();
+        ++threads_;
+      }
+      job_ = job;
+      ++generation_;
+    }
+    cv_.notify_all();
+    work(*job);
+    // wait for tasks taken by workers to finish: spin briefly, then sleep
+    for (int spin = 0; job->done.load(std::memory_order_acquire) < ntasks; ++spin) {
+      if (spin < 2000) {
+        std::this_thread::yield();
+      } else {
+        std::unique_lock<std::mutex> lk(mu_);
+        done_cv_.wait_for(lk, std::chrono::microseconds(200),
+                          [&] { return job->done.load(std::memory_order_acquire) >= ntasks; });
+      }
+    }
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (job_ == job) job_.reset();
+    }
+    if (job->error) std::rethrow_exception(job->error);
+  }
+
+ private:
+  void work(Job& job) {
+    for (;;) {
+      const int64_t t = job.next.fetch_add(1, std::memory_order_relaxed);
+      if (t >= job.ntasks) return;
+      try {
+        (*job.fn)(t);
+      } catch (...) {  // never let an exception escape a worker thread (std::terminate)
+        std::lock_guard<std::mutex> lk(job.error_mu);
+        if (!job.error) job.error = std::current_exception();
+      }
+      if (job.done.fetch_add(1, std::memory_order_acq_rel) + 1 == job.ntasks) {
+        std::lock_guard<std::mutex> lk(mu_);
+        done_cv_.notify_all();
+      }
+    }
+  }
+
+  void worker(int id) {
+    uint64_t seen = 0;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      seen = generation_ - (job_ ? 1 : 0);  // a job posted just before this thread started
+    }
+    for (;;) {
+      std::shared_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return generation_ != seen; });
+        seen = generation_;
+        job = job_;
+      }
+      if (job && id < job->nworkers) work(*job);
+    }
+  }
+
+  std::mutex run_mu_;  // one job at a time
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::shared_ptr<Job> job_;
+  uint64_t generation_ = 0;
+  size_t threads_ = 0;
+};
+
+ThreadPool& pool() {
+  // Leaked on purpose: detached workers may still wait on its condition variable at exit.
+  static std::mutex mu;
+  static ThreadPool* p = nullptr;
+  static long pid = -1;
+  std::lock_guard<std::mutex> lk(mu);
+  const long now = static_cast<long>(ONEBIT_GETPID());
+  if (p == nullptr || pid != now) {  // first use, or the child of a fork
+    p = new ThreadPool();
+    pid = now;
+  }
+  return *p;
+}
+
+}  // namespace
+
+void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn) {
+  if (ntasks <= 0) return;
+  if (nthreads <= 1 || ntasks == 1) {
+    for (int64_t t = 0; t < ntasks; ++t) fn(t);
+    return;
+  }
+  pool().run(ntasks, nthreads, fn);
+}
+
+}  // namespace onebit

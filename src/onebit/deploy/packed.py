@@ -1,0 +1,409 @@
+"""Packed (bit-level) twins of the binary layers, and :func:`pack` for whole models.
+
+    model = onebit.create_model("bireal_resnet20").eval()
+    fast = onebit.deploy.pack(model)          # a deep copy; `model` is untouched
+    fast(x)                                    # same logits, XNOR-popcount convolutions
+
+A :class:`PackedBinaryConv2d` / :class:`PackedBinaryLinear` holds the weight signs as bits (uint64
+words stored in an int64 buffer), one float ``scale`` and ``bias`` per output channel and, for an
+RSign input, the per-channel threshold shift.  Its forward binarizes the input exactly as the
+training layer does (bit = x + shift >= 0), runs the C++ engine and returns
+
+    y = acc * scale[f] + bias[f],    acc = sum over in-image taps and channels of sign(x) sign(w)
+
+where ``scale`` is the layer's alpha (per channel, per tensor, or 1) and ``bias`` its bias.  The
+integer accumulators are exact; y equals the training layer's output up to float rounding (the
+training layer sums alpha * (+-1) terms in float32).  An eval-mode BatchNorm right after the
+layer can be folded into scale and bias (``pack(..., fold_bn=True)``).  Packed layers are for
+inference: they compute in float32 on the CPU (inputs elsewhere are copied there and the result
+back, in the input's floating dtype) and pass no gradient.
+
+What pack() replaces: BinaryConv2d and BinaryLinear whose inputs and weights are both binary and
+whose binarizers it can reproduce bit for bit (any sign estimator: STE, clipped STE, ApproxSign,
+ReSTE, a hard progressive binarizer; RSign over one of those; for the weights, anything whose
+output is exactly +-1).  It keeps as they are: layers with real inputs or real weights (nothing to
+pack), and, with a :class:`PackWarning`, binary layers it does not know (other BinaryLayer classes,
+overridden forwards, unknown binarizers, weights not exactly +-1): never silently wrong.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..binarize.estimators import Binarizer, ProgressiveBinarizer
+from ..binarize.react import LearnableBias, RSign
+from ..binarize.scaling import center_weight, weight_scale
+from ..layers.binary import BinaryConv2d, BinaryLayer, BinaryLinear
+from . import engine
+
+
+class PackWarning(UserWarning):
+    """A binary layer pack() cannot reproduce exactly and therefore leaves unpacked."""
+
+
+class NotPackable(Exception):
+    """Raised by the from_layer constructors; ``real`` is True for real inputs or weights."""
+
+    def __init__(self, msg: str, real: bool = False):
+        super().__init__(msg)
+        self.real = real
+
+
+# --- what the binarizers compute ------------------------------------------------------------
+
+def _is_sign(b: nn.Module) -> bool:
+    """True if ``b``'s forward is exactly sign(x) (sign(0) = +1) in eval mode."""
+    if isinstance(b, ProgressiveBinarizer):
+        return type(b).forward is ProgressiveBinarizer.forward and b.hard
+    return isinstance(b, Binarizer) and type(b).forward is Binarizer.forward
+
+
+def _input_shift(b: Optional[nn.Module], channels: int, dims: Tuple[int, ...]) -> Optional[torch.Tensor]:
+    """The per-channel shift b of an input binarizer computing sign(x + b) (None: plain sign)."""
+    if b is None:
+        raise NotPackable("real-valued inputs", real=True)
+    if _is_sign(b):
+        return None
+    if type(b) is RSign and type(b.shift) is LearnableBias and _is_sign(b.estimator):
+        if b.shift.dim not in dims:
+            raise NotPackable(f"RSign over dim {b.shift.dim}, expected the channel dim {dims[0]}")
+        shift = b.shift.bias.detach().to(torch.float32).cpu().reshape(-1)
+        if shift.numel() != channels:
+            raise NotPackable(f"RSign has {shift.numel()} shifts for {channels} input channels")
+        return shift.clone()
+    est = getattr(b, "estimator", None)
+    what = type(b).__name__ + (f"({type(est).__name__})" if est is not None else "")
+    raise NotPackable(f"input binarizer {what} is not a plain sign / RSign of a sign estimator")
+
+
+def _weight_signs(layer: BinaryLayer) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(signs as +-1 float32, scale [out] float32) with binary_weight() == signs * scale."""
+    if layer.weight_binarizer is None:
+        raise NotPackable("real-valued weights", real=True)
+    w = layer.weight.detach().to(torch.float32).cpu()
+    with torch.no_grad():
+        wb = layer.weight_binarizer(center_weight(w) if layer.center else w).detach().to(torch.float32)
+        if wb.shape != w.shape or not bool(((wb == 1) | (wb == -1)).all()):
+            raise NotPackable(f"weight binarizer {type(layer.weight_binarizer).__name__} does not give exactly "
+                              f"+-1 (e.g. a progressive binarizer before its switch to sign)")
+        alpha = weight_scale(w, layer.scale)
+    out = w.shape[0]
+    if alpha is None:
+        scale = torch.ones(out)
+    else:
+        scale = alpha.reshape(-1).to(torch.float32).expand(out).clone() if alpha.numel() == 1 else \
+            alpha.reshape(out).to(torch.float32).clone()
+    return wb, scale
+
+
+def _bias(layer: nn.Module, out: int) -> torch.Tensor:
+    b = getattr(layer, "bias", None)
+    return torch.zeros(out) if b is None else b.detach().to(torch.float32).cpu().clone()
+
+
+def _check_eval(layer: nn.Module, name: str = "") -> None:
+    if layer.training:
+        label = f"{name!r} ({type(layer).__name__})" if name else type(layer).__name__
+        raise ValueError(f"cannot pack {label}: it is in training mode (batch statistics, binarizer "
+                         f"schedules); call model.eval() first")
+
+
+def _input_array(x: torch.Tensor) -> np.ndarray:
+    """x as a float32 NumPy array on the CPU, zero-copy (any strides) when it already is one."""
+    if x.dtype is torch.float32 and x.device.type == "cpu" and not x.requires_grad:
+        return x.numpy()
+    return engine.as_f32(x, contiguous=False)
+
+
+def _output(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The engine's float32 result on x's device, in x's floating dtype (float32 for the usual input)."""
+    if x.dtype != torch.float32 and x.is_floating_point():
+        y = y.to(x.dtype)
+    return y if x.device.type == "cpu" else y.to(x.device)
+
+
+class _Packed(nn.Module):
+    """Shared buffers, and the NumPy views the engine is called with (cached until a buffer changes)."""
+
+    weight_bits: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor
+    shift: Optional[torch.Tensor]
+
+    def _init_buffers(self, bits: np.ndarray, scale: torch.Tensor, bias: torch.Tensor,
+                      shift: Optional[torch.Tensor]) -> None:
+        self.register_buffer("weight_bits", torch.from_numpy(np.ascontiguousarray(bits).view(np.int64)).clone())
+        self.register_buffer("scale", scale.to(torch.float32).contiguous())
+        self.register_buffer("bias", bias.to(torch.float32).contiguous())
+        self.register_buffer("shift", None if shift is None else shift.to(torch.float32).contiguous())
+        self._cache: dict = {}
+
+    def _reduction_words(self) -> int:
+        raise NotImplementedError
+
+    def _extra_arrays(self) -> dict:
+        return {}
+
+    def _arrays(self, path: str) -> dict:
+        """NumPy views of the buffers for the engine (and the nibble-split weights where ``path``
+        reads them); rebuilt when a buffer is replaced or modified in place (load_state_dict,
+        fold_bn, .to())."""
+        bufs = tuple(self._buffers.values())
+        key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in bufs)
+        cache = self._cache
+        if cache.get("key") != key:
+            cache.clear()
+            cache["key"] = key
+            cache["bits"] = engine.as_u64(self.weight_bits)
+            cache["scale"] = engine.as_f32(self.scale)
+            cache["bias"] = engine.as_f32(self.bias)
+            cache["shift"] = None if self.shift is None else engine.as_f32(self.shift)
+            cache.update(self._extra_arrays())
+        if engine.weight_layout(path) == "split":
+            if "wsplit" not in cache:
+                cache["wsplit"] = engine.split_weights(cache["bits"], self._reduction_words())
+            return cache
+        if "wsplit" in cache:
+            cache = dict(cache, wsplit=None)
+        return cache
+
+    def _apply(self, fn, *args, **kwargs):  # .to() / .cuda() / .half(): drop the cached views
+        self._cache = {}
+        return super()._apply(fn, *args, **kwargs)
+
+    def fold_bn(self, bn: nn.Module) -> None:
+        """Fold an eval-mode BatchNorm that directly follows this layer into scale and bias."""
+        if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            raise TypeError(f"fold_bn expects a BatchNorm, got {type(bn).__name__}")
+        if bn.training or bn.running_mean is None or bn.running_var is None:
+            raise ValueError("fold_bn needs an eval-mode BatchNorm with running statistics")
+        if bn.num_features != self.scale.numel():
+            raise ValueError(f"BatchNorm has {bn.num_features} features, the layer {self.scale.numel()} outputs")
+        var = bn.running_var.detach().double().cpu()
+        inv = 1.0 / torch.sqrt(var + bn.eps)
+        if bn.weight is not None:
+            inv = inv * bn.weight.detach().double().cpu()
+        beta = bn.bias.detach().double().cpu() if bn.bias is not None else torch.zeros_like(inv)
+        mean = bn.running_mean.detach().double().cpu()
+        scale = self.scale.double().cpu() * inv
+        bias = (self.bias.double().cpu() - mean) * inv + beta
+        self.scale = scale.to(torch.float32).to(self.scale.device)
+        self.bias = bias.to(torch.float32).to(self.bias.device)
+
+
+class PackedBinaryConv2d(_Packed):
+    """Bit-packed twin of a binary-input, binary-weight :class:`BinaryConv2d` (eval mode).
+
+    forward(x: float (N, C, H, W), any memory format) -> float32 (N, F, OH, OW), equal to the
+    training layer's output.  Buffers: ``weight_bits`` (uint64 words as int64 [F, words]),
+    ``tapsum`` (int32 [F, KH*KW], sum of weight signs per tap: the padding correction), ``scale``,
+    ``bias`` (float32 [F]) and ``shift`` (float32 [C] RSign threshold shift, or None).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int], stride: Tuple[int, int],
+                 padding: Union[str, Tuple[int, int]], dilation: Tuple[int, int], groups: int,
+                 weight_bits: np.ndarray, tapsum: np.ndarray, scale: torch.Tensor, bias: torch.Tensor,
+                 shift: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.kernel_size, self.stride, self.dilation = tuple(kernel_size), tuple(stride), tuple(dilation)
+        self.padding = padding if isinstance(padding, str) else tuple(padding)
+        self._init_buffers(weight_bits, scale, bias, shift)
+        self.register_buffer("tapsum", torch.from_numpy(np.ascontiguousarray(tapsum, dtype=np.int32)).clone())
+
+    @classmethod
+    def from_layer(cls, layer: BinaryConv2d, name: str = "") -> "PackedBinaryConv2d":
+        """Pack a trained BinaryConv2d in eval mode (ValueError in training mode, NotPackable if
+        it cannot be reproduced exactly)."""
+        if not isinstance(layer, BinaryConv2d):
+            raise TypeError(f"expected a BinaryConv2d, got {type(layer).__name__}")
+        _check_eval(layer, name)
+        if type(layer).forward is not BinaryConv2d.forward or type(layer)._conv_forward is not nn.Conv2d._conv_forward:
+            raise NotPackable(f"{type(layer).__name__} overrides BinaryConv2d's forward")
+        if layer.padding_mode != "zeros":
+            raise NotPackable(f"padding_mode {layer.padding_mode!r} (only 'zeros' is packed)")
+        shift = _input_shift(layer.input_binarizer, layer.in_channels, (1, -3))
+        wb, scale = _weight_signs(layer)
+        bits, tapsum = engine.pack_conv_weight(wb)
+        return cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                   layer.dilation, layer.groups, bits, tapsum, scale, _bias(layer, layer.out_channels), shift)
+
+    def _reduction_words(self) -> int:
+        cg = self.in_channels // self.groups
+        return self.kernel_size[0] * self.kernel_size[1] * ((cg + 63) // 64)
+
+    def _extra_arrays(self) -> dict:
+        return {"tapsum": np.ascontiguousarray(self.tapsum.detach().cpu().numpy(), dtype=np.int32)}
+
+    def _geometry(self, h: int, w: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """((pad_top, pad_left), (OH, OW)) for an h x w input, as torch's conv2d computes them."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                pads = (0, 0)
+            elif self.padding == "same":  # torch: total d(k-1), the extra one at the bottom / right
+                pads = (dh * (kh - 1) // 2, dw * (kw - 1) // 2)
+                return pads, ((h - 1) // sh + 1, (w - 1) // sw + 1)
+            else:
+                raise ValueError(f"unknown padding {self.padding!r}")
+        else:
+            pads = self.padding
+        oh = (h + 2 * pads[0] - dh * (kh - 1) - 1) // sh + 1
+        ow = (w + 2 * pads[1] - dw * (kw - 1) - 1) // sw + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"input {h}x{w} is smaller than the kernel {self.kernel_size} "
+                             f"(dilation {self.dilation}, padding {self.padding})")
+        return tuple(pads), (oh, ow)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"PackedBinaryConv2d expects inputs (N, {self.in_channels}, H, W), "
+                             f"got shape {tuple(x.shape)}")
+        pads, out_size = self._geometry(x.shape[2], x.shape[3])
+        if x.shape[0] == 0:
+            return torch.zeros((0, self.out_channels, *out_size), dtype=torch.float32, device=x.device)
+        path = engine.get_path()
+        a = self._arrays(path)
+        y = engine._C.conv2d(_input_array(x), a["bits"], a["tapsum"], self.groups, self.kernel_size, self.stride,
+                             pads, self.dilation, out_size, a["shift"], a["scale"], a["bias"], False, path,
+                             engine.get_num_threads(), a.get("wsplit"))
+        return _output(torch.from_numpy(y), x)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}")
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + (", rsign" if self.shift is not None else "")
+
+
+class PackedBinaryLinear(_Packed):
+    """Bit-packed twin of a binary-input, binary-weight :class:`BinaryLinear` (eval mode).
+
+    forward(x: float (..., in_features)) -> float32 (..., out_features).
+    """
+
+    def __init__(self, in_features: int, out_features: int, weight_bits: np.ndarray, scale: torch.Tensor,
+                 bias: torch.Tensor, shift: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self._init_buffers(weight_bits, scale, bias, shift)
+
+    @classmethod
+    def from_layer(cls, layer: BinaryLinear, name: str = "") -> "PackedBinaryLinear":
+        if not isinstance(layer, BinaryLinear):
+            raise TypeError(f"expected a BinaryLinear, got {type(layer).__name__}")
+        _check_eval(layer, name)
+        if type(layer).forward is not BinaryLinear.forward:
+            raise NotPackable(f"{type(layer).__name__} overrides BinaryLinear's forward")
+        shift = _input_shift(layer.input_binarizer, layer.in_features, (-1,))
+        wb, scale = _weight_signs(layer)
+        bits = engine.pack_rows(wb)
+        return cls(layer.in_features, layer.out_features, bits, scale, _bias(layer, layer.out_features), shift)
+
+    def _reduction_words(self) -> int:
+        return (self.in_features + 63) // 64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"PackedBinaryLinear expects inputs (..., {self.in_features}), got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        m = math.prod(lead)
+        if m == 0:
+            return torch.zeros((*lead, self.out_features), dtype=torch.float32, device=x.device)
+        path = engine.get_path()
+        a = self._arrays(path)
+        x2 = x.reshape(m, self.in_features)
+        xa = _input_array(x2)
+        if not xa.flags.c_contiguous:
+            xa = np.ascontiguousarray(xa)
+        y = engine._C.linear(xa, a["bits"], self.in_features, a["shift"], a["scale"], a["bias"], False, path,
+                             engine.get_num_threads(), "auto", a.get("wsplit"))
+        return _output(torch.from_numpy(y).reshape(*lead, self.out_features), x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}" + (
+            ", rsign" if self.shift is not None else "")
+
+
+# --- whole models -----------------------------------------------------------------------------
+
+def _fold_pairs(model: nn.Module) -> int:
+    """Fold eval BatchNorms into the packed layer right before them: BinaryUnit (bn(conv(x))),
+    BiFC (norm(linear(x)), a BatchNorm over the last dim) and (packed conv, BatchNorm2d) neighbours
+    inside an nn.Sequential.  Returns the number folded."""
+    from ..layers.bifc import BiFC, TokenBatchNorm
+    from ..models.blocks import BinaryUnit
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    def foldable(bn, kinds) -> bool:
+        return (type(bn) in kinds and not bn.training and bn.running_mean is not None
+                and bn.running_var is not None)
+
+    n = 0
+    for m in model.modules():
+        pairs = []  # (layer name, bn name, packed class, BN classes)
+        if isinstance(m, BinaryUnit) and type(m).forward is BinaryUnit.forward:
+            pairs.append(("conv", "bn", PackedBinaryConv2d, (nn.BatchNorm2d,)))
+        elif isinstance(m, BiFC) and type(m).forward is BiFC.forward:
+            pairs.append(("linear", "norm", PackedBinaryLinear, (TokenBatchNorm,)))
+        elif type(m) is nn.Sequential:
+            names = list(m._modules)
+            pairs.extend((a, b, PackedBinaryConv2d, (nn.BatchNorm2d,)) for a, b in zip(names, names[1:]))
+        for a, b, cls, kinds in pairs:
+            layer, bn = m._modules.get(a), m._modules.get(b)
+            if (type(layer) is cls and isinstance(bn, _BatchNorm) and foldable(bn, kinds)
+                    and bn.num_features == layer.scale.numel()):
+                layer.fold_bn(bn)
+                m._modules[b] = nn.Identity()
+                n += 1
+    return n
+
+
+def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every packable binary layer replaced by its packed twin.
+
+    Packs BinaryConv2d / BinaryLinear with binary inputs and weights; keeps layers with real inputs
+    or weights; keeps, with a PackWarning, binary layers it cannot reproduce exactly.  Raises
+    ValueError (naming the layer) if the model or a binary layer is in training mode.
+    ``fold_bn=True`` also folds eval BatchNorms that directly follow a packed layer (BinaryUnit,
+    BiFC, nn.Sequential neighbours) into its scale and bias and replaces them by nn.Identity.
+    ``inplace=True`` modifies ``model`` itself instead of a deep copy.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"pack expects an nn.Module, got {type(model).__name__}")
+    if model.training:
+        raise ValueError(f"cannot pack {type(model).__name__}: the model is in training mode; call model.eval() first")
+    for name, m in model.named_modules():
+        if isinstance(m, BinaryLayer):
+            _check_eval(m, name)
+    out = model if inplace else copy.deepcopy(model)
+    for name, parent in list(out.named_modules()):
+        for child_name, child in list(parent._modules.items()):
+            if child is None or not isinstance(child, BinaryLayer):
+                continue
+            full = f"{name}.{child_name}" if name else child_name
+            try:
+                if isinstance(child, BinaryConv2d):
+                    packed = PackedBinaryConv2d.from_layer(child, full)
+                elif isinstance(child, BinaryLinear):
+                    packed = PackedBinaryLinear.from_layer(child, full)
+                else:
+                    raise NotPackable(f"unknown binary layer class {type(child).__name__}")
+            except NotPackable as e:
+                if not e.real:
+                    warnings.warn(f"pack: keeping {full!r} ({type(child).__name__}) unpacked: {e}", PackWarning,
+                                  stacklevel=2)
+                continue
+            parent._modules[child_name] = packed
+    if fold_bn:
+        _fold_pairs(out)
+    return out

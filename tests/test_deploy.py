@@ -1,0 +1,287 @@
+"""Packed layers and pack(): the bit-packed twins give the training layers' outputs."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+import onebit
+from onebit.binarize.react import RPReLU
+from onebit.deploy import (PackedBinaryConv2d, PackedBinaryLinear, PackWarning, engine, pack)
+from onebit.layers import BinaryConv2d, BinaryLinear
+
+PATHS = engine.available_paths()
+RTOL = 1e-4
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL) -> None:
+    """Equal within rtol, measured against the output's scale (the float sums of alpha * +-1 terms
+    differ from acc * alpha by a few ulps of the largest partial sum)."""
+    assert a.shape == b.shape and a.dtype == torch.float32
+    tol = rtol * max(1.0, float(b.abs().max()))
+    err = float((a - b.to(a.dtype)).abs().max())
+    assert err <= tol, f"max abs error {err} > {tol}"
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics, RSign shifts and RPReLU parameters (a trained model's look)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) * 1.5 + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(1 + 0.2 * torch.randn(m.num_features, generator=g))
+                    m.bias.copy_(0.2 * torch.randn(m.num_features, generator=g))
+            elif isinstance(m, onebit.layers.LearnableBias):
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+            elif isinstance(m, RPReLU):
+                m.shift_in.copy_(0.1 * torch.randn(m.channels, generator=g))
+                m.shift_out.copy_(0.1 * torch.randn(m.channels, generator=g))
+            elif isinstance(m, (BinaryConv2d, BinaryLinear)) and m.bias is not None:
+                m.bias.copy_(0.5 * torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+RSIGN = {"name": "rsign", "estimator": "approx_sign"}
+
+
+# --- PackedBinaryConv2d ----------------------------------------------------------------------
+
+CONV_CASES = [
+    # in, out, k, stride, padding, dilation, groups, bias, input binarizer, scale
+    (3, 8, 3, 1, 1, 1, 1, False, "approx_sign", "channel"),
+    (63, 16, 3, 2, 1, 1, 1, True, RSIGN, "channel"),
+    (65, 12, 3, 1, 2, 1, 1, False, "clipped_ste", "tensor"),
+    (130, 8, 3, 2, 1, 1, 2, True, RSIGN, "none"),
+    (16, 16, 3, 1, 2, 2, 1, False, "reste", "channel"),
+    (8, 8, 1, 2, 0, 1, 1, True, "ste", "channel"),
+    (12, 6, 2, 1, "same", 1, 1, False, RSIGN, "channel"),  # even kernel: torch pads bottom/right one more
+    (10, 4, 3, 1, "valid", 1, 2, True, "approx_sign", "tensor"),
+]
+
+
+def make_conv(case, seed=0):
+    cin, cout, k, s, p, d, g, bias, act, scale = case
+    torch.manual_seed(seed)
+    layer = BinaryConv2d(cin, cout, k, s, p, d, g, bias=bias, input_binarizer=act, scale=scale)
+    return randomize(layer, seed).eval()
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"c{c[0]}f{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}")
+def test_packed_conv_equals_training_layer(case):
+    layer = make_conv(case)
+    packed = PackedBinaryConv2d.from_layer(layer)
+    for n in (1, 3):
+        x = torch.randn(n, case[0], 9, 8)
+        x[0, :, 0, 0] = 0.0
+        with torch.no_grad():
+            ref = layer(x)
+        for path in PATHS:
+            engine.set_path(path)
+            try:
+                close(packed(x), ref)
+                close(packed(x.contiguous(memory_format=torch.channels_last)), ref)
+            finally:
+                engine.set_path("auto")
+
+
+def test_packed_conv_threshold_edges():
+    """Inputs exactly at the RSign threshold (x == -b), 0.0 and -0.0 binarize as in training."""
+    layer = make_conv((4, 3, 3, 1, 1, 1, 1, False, RSIGN, "channel"))
+    b = layer.input_binarizer.shift.bias.detach()
+    x = torch.randn(2, 4, 5, 5)
+    x[0] = -b.view(4, 1, 1)  # x + b == +0.0 exactly -> +1
+    x[1, :, :2] = -0.0
+    x[1, :, 2:] = 0.0
+    layer.input_binarizer.shift.bias.data[1] = 0.0  # -0.0 + 0.0 and 0.0 + 0.0
+    packed = PackedBinaryConv2d.from_layer(layer)
+    with torch.no_grad():
+        close(packed(x), layer(x))
+
+
+def test_packed_conv_threads_agree():
+    layer = make_conv((64, 32, 3, 1, 1, 1, 1, True, RSIGN, "channel"))
+    packed = PackedBinaryConv2d.from_layer(layer)
+    x = torch.randn(2, 64, 14, 14)
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            engine.set_num_threads(t)
+            outs.append(packed(x))
+    finally:
+        engine.set_num_threads(None)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    with torch.no_grad():
+        close(outs[0], layer(x))
+
+
+def test_packed_conv_state_dict_round_trip():
+    layer = make_conv((20, 8, 3, 1, 1, 1, 1, True, RSIGN, "channel"))
+    a = PackedBinaryConv2d.from_layer(layer)
+    b = PackedBinaryConv2d.from_layer(make_conv((20, 8, 3, 1, 1, 1, 1, True, RSIGN, "channel"), seed=1))
+    x = torch.randn(1, 20, 6, 6)
+    assert not torch.equal(a(x), b(x))
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a(x), b(x))
+    assert a.weight_bits.dtype == torch.int64 and a.weight_bits.numel() * 64 < layer.weight.numel() * 32
+
+
+# --- PackedBinaryLinear ----------------------------------------------------------------------
+
+LINEAR_CASES = [
+    # in, out, bias, input binarizer, scale, center
+    (100, 10, True, "approx_sign", "channel", False),
+    (64, 33, False, RSIGN, "tensor", True),
+    (130, 7, True, {"name": "rsign", "estimator": "clipped_ste"}, "none", True),
+    (3, 5, False, "ste", "channel", True),
+]
+
+
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: f"in{c[0]}out{c[1]}{c[4]}{'_center' if c[5] else ''}")
+def test_packed_linear_equals_training_layer(case):
+    cin, cout, bias, act, scale, center = case
+    torch.manual_seed(1)
+    layer = randomize(BinaryLinear(cin, cout, bias=bias, input_binarizer=act, scale=scale, center=center)).eval()
+    packed = PackedBinaryLinear.from_layer(layer)
+    for shape in ((1, cin), (5, cin), (2, 9, cin), (cin,)):
+        x = torch.randn(shape)
+        with torch.no_grad():
+            ref = layer(x)
+        for path in PATHS:
+            engine.set_path(path)
+            try:
+                close(packed(x), ref)
+            finally:
+                engine.set_path("auto")
+
+
+def test_packed_layers_refuse_training_mode():
+    conv = BinaryConv2d(4, 4, 3, padding=1)
+    with pytest.raises(ValueError, match="training mode"):
+        PackedBinaryConv2d.from_layer(conv)
+    with pytest.raises(ValueError, match="training mode"):
+        PackedBinaryLinear.from_layer(BinaryLinear(4, 4))
+
+
+# --- pack() on models -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet20"])
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_pack_model_same_logits(name, fold_bn):
+    torch.manual_seed(0)
+    model = randomize(onebit.create_model(name), seed=3).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every binary conv packs: no warnings
+        packed = pack(model, fold_bn=fold_bn)
+    n_binary = sum(isinstance(m, BinaryConv2d) for m in model.modules())
+    assert n_binary > 0
+    assert sum(isinstance(m, PackedBinaryConv2d) for m in packed.modules()) == n_binary
+    assert not any(isinstance(m, BinaryConv2d) for m in packed.modules())
+    if fold_bn:
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in packed.modules()) < \
+            sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = model(x), packed(x)
+    close(out, ref)
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+    # the original model is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert any(isinstance(m, BinaryConv2d) for m in model.modules())
+
+
+def test_pack_binary_head_and_stem():
+    """A binary head (BinaryLinear) is packed; a binary stem with real inputs is kept, silently."""
+    torch.manual_seed(2)
+    model = randomize(onebit.create_model("reactnet_resnet20", binary_head=True, binary_stem=True)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        packed = pack(model)
+    assert isinstance(packed.fc, PackedBinaryLinear)
+    assert isinstance(packed.stem[0], BinaryConv2d)  # real image input: nothing to pack
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = model(x), packed(x)
+    close(out, ref)
+    assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
+def test_pack_refuses_training_mode_naming_the_layer():
+    model = onebit.create_model("bireal_resnet20")
+    with pytest.raises(ValueError, match="training mode"):
+        pack(model)
+    model.eval()
+    model.stages[1][0][0].conv.train()
+    with pytest.raises(ValueError, match=r"'stages\.1\.0\.0\.conv' \(BinaryConv2d\): it is in training mode"):
+        pack(model)
+
+
+class _CustomConv(BinaryConv2d):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+def test_pack_keeps_unknown_layers_with_a_warning():
+    torch.manual_seed(4)
+    seq = nn.Sequential(
+        BinaryConv2d(4, 4, 3, padding=1),                                   # packed
+        _CustomConv(4, 4, 3, padding=1),                                    # overridden forward
+        BinaryConv2d(4, 4, 3, padding=1, input_binarizer={"name": "lsq"}),  # not a sign
+        BinaryConv2d(4, 4, 3, padding=1, weight_binarizer="progressive"),   # soft weights (tau > 0)
+        BinaryConv2d(4, 4, 3, padding=1, weight_binarizer=None),            # real weights: kept silently
+    ).eval()
+    with pytest.warns(PackWarning) as rec:
+        packed = pack(seq)
+    assert len(rec) == 3
+    assert isinstance(packed[0], PackedBinaryConv2d)
+    assert type(packed[1]) is _CustomConv and type(packed[2]) is BinaryConv2d and type(packed[3]) is BinaryConv2d
+    assert type(packed[4]) is BinaryConv2d
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        close(packed(x), seq(x))
+
+
+def test_pack_hard_progressive_weights():
+    layer = BinaryConv2d(6, 4, 3, padding=1, weight_binarizer="progressive", scale="none")
+    onebit.set_progress(layer, 1.0)  # past the switch: sign(w)
+    packed = pack(nn.Sequential(layer).eval())
+    assert isinstance(packed[0], PackedBinaryConv2d)
+    x = torch.randn(1, 6, 5, 5)
+    with torch.no_grad():
+        close(packed(x), layer(x))
+
+
+def test_pack_binaryvit_same_logits():
+    """BinaryViT (CIFAR baseline): its BiFC linears (RSign over the last dim, centred weights,
+    TokenBatchNorm after) are packed; binary attention stays as it is (not a binary layer)."""
+    torch.manual_seed(5)
+    model = randomize(onebit.create_model("binaryvit_cifar_baseline"), seed=5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    n_linear = sum(isinstance(m, BinaryLinear) and m.binary_inputs and m.binary_weights for m in model.modules())
+    for fold_bn in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            packed = pack(model, fold_bn=fold_bn)
+        assert sum(isinstance(m, PackedBinaryLinear) for m in packed.modules()) == n_linear > 0
+        with torch.no_grad():
+            out = packed(x)
+        close(out, ref)
+        assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
+def test_packed_layer_keeps_float64_inputs_dtype():
+    layer = make_conv((5, 4, 3, 1, 1, 1, 1, True, RSIGN, "channel"))
+    packed = PackedBinaryConv2d.from_layer(layer)
+    x = torch.randn(2, 5, 6, 6, dtype=torch.float64)
+    y = packed(x)
+    assert y.dtype == torch.float64
+    with torch.no_grad():
+        close(y.float(), layer(x.float()))

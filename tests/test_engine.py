@@ -1,0 +1,314 @@
+"""The C++ XNOR-popcount engine (onebit._engine through onebit.deploy.engine).
+
+Every integer result is compared bit-exactly with a NumPy reference that multiplies signs as
++-1 int32 (zero padding contributes 0), on every kernel path this CPU supports, with 1 and 2
+threads, for odd channel counts, K not a multiple of 64, strides, paddings, dilation, groups and
+batches.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from onebit.deploy import engine
+
+PATHS = engine.available_paths()
+THREADS = (1, 2)
+
+
+def signs(a: np.ndarray) -> np.ndarray:
+    """+1 where a >= 0 (-0.0 included), -1 elsewhere, as int32."""
+    return np.where(a >= 0, 1, -1).astype(np.int32)
+
+
+def ref_conv(x, w, shift, stride, padding, dilation, groups):
+    """Integer accumulators of a binary convolution: signs of x + shift and of w as +-1, padding 0."""
+    n, c, h, wd = x.shape
+    f, cg, kh, kw = w.shape
+    xs = signs(x + (0 if shift is None else shift[None, :, None, None]))
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = np.zeros((n, c, h + 2 * ph, wd + 2 * pw), np.int32)
+    xp[:, :, ph:ph + h, pw:pw + wd] = xs
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (wd + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, f, oh, ow), np.int32)
+    fg = f // groups
+    ws = signs(w)
+    for g in range(groups):
+        cols = []
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                           j * dw:j * dw + sw * (ow - 1) + 1:sw]
+                cols.append(patch)  # (n, cg, oh, ow)
+        col = np.stack(cols, axis=2).reshape(n, cg * kh * kw, oh * ow)  # channel-major, tap-minor
+        wm = ws[g * fg:(g + 1) * fg].reshape(fg, cg * kh * kw)
+        out[:, g * fg:(g + 1) * fg] = np.einsum("fk,nkp->nfp", wm, col).reshape(n, fg, oh, ow)
+    return out
+
+
+def unpack_bits(words: np.ndarray, k: int) -> np.ndarray:
+    bits = np.unpackbits(words.view(np.uint8).reshape(*words.shape, 8), axis=-1, bitorder="little")
+    return bits.reshape(*words.shape[:-1], -1)
+
+
+# --- features and settings ---------------------------------------------------------------------
+
+def test_features_and_paths():
+    f = engine.cpu_features()
+    assert set(f) >= {"popcnt", "avx2", "avx512_vpopcntdq", "x86_64"}
+    assert all(isinstance(v, bool) for v in f.values())
+    assert PATHS[-1] == "portable"
+    assert ("avx2" in PATHS) == f["avx2"] and ("avx512" in PATHS) == f["avx512_vpopcntdq"]
+    assert engine.best_path() == PATHS[0]
+    assert engine.weight_layout("portable") == "plain"
+
+
+def test_unavailable_or_unknown_path_raises():
+    with pytest.raises(ValueError, match="unknown engine path"):
+        engine.pack_rows(np.zeros((1, 3), np.float32), path="sse9")
+    for p in ("avx2", "avx512"):
+        if p not in PATHS:
+            with pytest.raises(ValueError, match="not supported"):
+                engine.pack_rows(np.zeros((1, 3), np.float32), path=p)
+
+
+def test_num_threads_setting():
+    try:
+        engine.set_num_threads(None)
+        assert engine.get_num_threads() == max(1, torch.get_num_threads())
+        engine.set_num_threads(3)
+        assert engine.get_num_threads() == 3
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(ValueError):
+                engine.set_num_threads(bad)
+    finally:
+        engine.set_num_threads(None)
+
+
+# --- pack_rows -----------------------------------------------------------------------------------
+
+def test_pack_rows_bit_semantics():
+    a = np.array([[0.0, -0.0, 1e-30, -1e-30, 2.0, -2.0, np.inf, -np.inf]], np.float32)
+    for path in PATHS:
+        words = engine.pack_rows(a, path=path)
+        assert words.shape == (1, 1) and words.dtype == np.uint64
+        # bits: 0.0 -> 1, -0.0 -> 1, tiny positive -> 1, tiny negative -> 0, ...
+        assert int(words[0, 0]) == 0b01010111
+
+
+def test_pack_rows_threshold_shift():
+    # bit = (x + b >= 0): x == -b exactly gives +0.0 -> 1; -0.0 + -0.0 = -0.0 -> 1
+    x = np.array([[-0.5, -0.5, 0.25, -0.0, 1.0, -1.0]], np.float32)
+    b = np.array([0.5, 0.4999, -0.25, -0.0, -1.5, 1.0], np.float32)
+    for path in PATHS:
+        bits = unpack_bits(engine.pack_rows(x, b, path=path), 6)[0, :6]
+        assert bits.tolist() == [1, 0, 1, 1, 0, 1]
+
+
+@pytest.mark.parametrize("k", [1, 7, 8, 63, 64, 65, 130, 200])
+def test_pack_rows_random_and_zero_tail(k):
+    rng = np.random.default_rng(k)
+    a = rng.standard_normal((5, k)).astype(np.float32)
+    a[0, : k // 2] = 0.0
+    a[1, : k // 2] = -0.0
+    shift = rng.standard_normal(k).astype(np.float32)
+    for path in PATHS:
+        for sh in (None, shift):
+            words = engine.pack_rows(a, sh, path=path, num_threads=2)
+            assert words.shape == (5, (k + 63) // 64)
+            bits = unpack_bits(words, k)
+            expect = (a + (0 if sh is None else sh)) >= 0
+            assert (bits[:, :k] == expect).all()
+            assert not bits[:, k:].any()  # unused tail bits are 0
+
+
+# --- bgemm -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (5, 7, 63), (13, 9, 65), (33, 17, 130), (8, 40, 200),
+                                   (3, 5, 2304), (64, 64, 576), (19, 6, 4700)])
+def test_bgemm_matches_reference(m, n, k):
+    rng = np.random.default_rng(m * 1000 + k)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k)).astype(np.float32)
+    A, B = engine.pack_rows(a), engine.pack_rows(b)
+    ref = signs(a) @ signs(b).T
+    for path in PATHS:
+        for kernel in ("rows", "panels", "auto"):
+            for t in THREADS:
+                out = engine.bgemm(A, B, k, path=path, num_threads=t, kernel=kernel)
+                assert out.dtype == np.int32 and out.shape == (m, n)
+                np.testing.assert_array_equal(out, ref, err_msg=f"path={path} kernel={kernel} threads={t}")
+
+
+def test_bgemm_rejects_bad_shapes():
+    A = np.zeros((2, 2), np.uint64)
+    with pytest.raises(ValueError):
+        engine.bgemm(A, np.zeros((2, 3), np.uint64), 64)
+    with pytest.raises(ValueError):
+        engine.bgemm(A, A, 129)
+
+
+# --- linear ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("m,k,n", [(1, 3, 5), (2, 65, 7), (9, 130, 33), (37, 100, 10)])
+def test_linear_accumulators(m, k, n):
+    rng = np.random.default_rng(k + n)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    shift = rng.standard_normal(k).astype(np.float32) * 0.5
+    W = engine.pack_rows(w)
+    ref = signs(x + shift) @ signs(w).T
+    scale = rng.uniform(0.1, 2, n).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for path in PATHS:
+        ws = engine.split_weights(W, W.shape[1]) if engine.weight_layout(path) == "split" else None
+        for kernel in ("rows", "panels"):
+            for t in THREADS:
+                acc = engine.linear(x, W, k, shift=shift, accumulate=True, kernel=kernel, path=path, num_threads=t,
+                                    wsplit=ws)
+                np.testing.assert_array_equal(acc, ref)
+                y = engine.linear(x, W, k, shift=shift, scale=scale, bias=bias, kernel=kernel, path=path,
+                                  num_threads=t)
+                np.testing.assert_allclose(y, ref * scale + bias, rtol=1e-6, atol=1e-5)
+
+
+# --- convolution ---------------------------------------------------------------------------------
+
+CONV_CASES = [
+    # n, c, h, w, f, k, stride, padding, dilation, groups
+    (1, 3, 5, 6, 4, 3, 1, 1, 1, 1),
+    (3, 63, 7, 7, 5, 3, 2, 1, 1, 1),
+    (1, 65, 9, 8, 6, 3, 1, 2, 1, 1),
+    (3, 130, 6, 5, 8, 3, 2, 1, 1, 2),
+    (1, 64, 12, 11, 16, 3, 1, 1, 1, 1),
+    (2, 4, 10, 9, 4, 5, 1, 2, 2, 2),
+    (1, 8, 7, 7, 6, 1, 2, 0, 1, 1),
+    (1, 200, 4, 4, 9, 3, 1, 1, 1, 1),
+    (1, 6, 3, 3, 3, 3, 1, 2, 1, 3),   # padding wider than half the kernel: whole rows outside
+    # large images: the im2col rows are built tile by tile instead of once per image
+    (1, 64, 56, 56, 8, 3, 1, 1, 1, 1),
+    (2, 130, 30, 29, 4, 3, 1, 1, 1, 1),
+    (1, 66, 45, 44, 6, 3, 2, 2, 1, 2),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "n{}c{}_{}x{}_f{}_k{}s{}p{}d{}g{}".format(*c))
+def test_conv_accumulators_match_reference(case):
+    n, c, h, w, f, k, s, p, d, g = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x[0, 0, 0, :] = 0.0  # exact zeros binarize to +1
+    x[-1, -1, -1, :] = -0.0
+    wt = rng.standard_normal((f, c // g, k, k)).astype(np.float32)
+    shift = (rng.standard_normal(c) * 0.3).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    kw = k * k * ((c // g + 63) // 64)
+    assert (tapsum == signs(wt).sum(axis=1).reshape(f, k * k)).all()
+    for sh in (None, shift):
+        ref = ref_conv(x, wt, sh, (s, s), (p, p), (d, d), g)
+        xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # channels-last strides
+        for path in PATHS:
+            ws = engine.split_weights(bits, kw) if engine.weight_layout(path) == "split" else None
+            for t in THREADS:
+                for xin, wsp in ((x, None), (xl, ws)):
+                    out = engine.conv2d(xin, bits, tapsum, groups=g, kernel_size=k, stride=s, padding=p, dilation=d,
+                                        shift=sh, accumulate=True, path=path, num_threads=t, wsplit=wsp)
+                    assert out.dtype == np.int32
+                    np.testing.assert_array_equal(out, ref, err_msg=f"path={path} threads={t}")
+
+
+def test_conv_epilogue_scale_bias():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 70, 6, 6)).astype(np.float32)
+    wt = rng.standard_normal((12, 70, 3, 3)).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    scale = rng.uniform(0.1, 1.0, 12).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+    ref = ref_conv(x, wt, None, (1, 1), (1, 1), (1, 1), 1)
+    for path in PATHS:
+        y = engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1, scale=scale, bias=bias, path=path)
+        np.testing.assert_allclose(y, ref * scale[None, :, None, None] + bias[None, :, None, None],
+                                   rtol=1e-6, atol=1e-5)
+
+
+def test_conv_asymmetric_padding_via_out_size():
+    # padding (top, left) = (0, 1) with an explicit output size: the right column is padding too
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 5, 4, 5)).astype(np.float32)
+    wt = rng.standard_normal((3, 5, 2, 2)).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    xs = signs(x).astype(np.float64)
+    xp = np.zeros((1, 5, 5, 7))  # rows: 4 + 1 bottom; cols: 1 left + 5 + 1 right
+    xp[:, :, :4, 1:6] = xs
+    ref = torch.nn.functional.conv2d(torch.from_numpy(xp), torch.from_numpy(signs(wt).astype(np.float64))).numpy()
+    for path in PATHS:
+        out = engine.conv2d(x, bits, tapsum, kernel_size=2, padding=(0, 1), out_size=ref.shape[2:],
+                            accumulate=True, path=path)
+        np.testing.assert_array_equal(out, ref.astype(np.int32))
+
+
+def test_conv_rejects_bad_arguments():
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    bits, tapsum = engine.pack_conv_weight(np.ones((2, 4, 3, 3), np.float32))
+    with pytest.raises(ValueError):
+        engine.conv2d(x, bits, tapsum, groups=3, kernel_size=3)  # groups must divide channels
+    with pytest.raises(ValueError):
+        engine.conv2d(x, bits, tapsum[:, :4], kernel_size=3)
+    with pytest.raises(ValueError):
+        engine.conv2d(x, bits[:, :0], tapsum, kernel_size=3)
+    with pytest.raises(ValueError):
+        engine.conv2d(x[:, :, :1, :1], bits, tapsum, kernel_size=3)  # output would be empty
+
+
+def test_pack_nchw_layouts():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 70, 5, 9)).astype(np.float32)
+    shift = rng.standard_normal(70).astype(np.float32)
+    expect = engine.pack_rows(np.ascontiguousarray((x.transpose(0, 2, 3, 1)).reshape(-1, 70)), shift)
+    views = [x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), x[:, :, :, ::-1][:, :, :, ::-1],
+             np.ascontiguousarray(np.pad(x, ((0, 0), (0, 0), (0, 0), (0, 3))))[:, :, :, :9]]
+    for path in PATHS:
+        for v in views:
+            got = engine.pack_nchw(v, shift, path=path, num_threads=2)
+            np.testing.assert_array_equal(got.reshape(-1, 2), expect)
+
+
+def test_concurrent_calls_from_python_threads():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 64, 12, 12)).astype(np.float32)
+    wt = rng.standard_normal((32, 64, 3, 3)).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    ref = ref_conv(x, wt, None, (1, 1), (1, 1), (1, 1), 1)
+
+    def run(_):
+        return engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1, accumulate=True, num_threads=2)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        for out in ex.map(run, range(16)):
+            np.testing.assert_array_equal(out, ref)
+
+
+def _child_conv(q):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((40, 300)).astype(np.float32)
+    A = engine.pack_rows(a, num_threads=2)
+    q.put(bool((engine.bgemm(A, A, 300, num_threads=2) == signs(a) @ signs(a).T).all()))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_thread_pool_survives_fork():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((40, 300)).astype(np.float32)
+    engine.bgemm(engine.pack_rows(a), engine.pack_rows(a), 300, num_threads=2)  # the parent's pool is up
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_child_conv, args=(q,))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == 0 and q.get(timeout=5)
