@@ -325,6 +325,62 @@ uint64_t* thread_block(int64_t words) {
   return s.get<uint64_t>(0, words);
 }
 
+// Padding correction (step 4): corr[k * F + f] for border class k, and the class of each output
+// pixel (-1: interior, no correction).
+struct Border {
+  std::vector<int32_t> corr, pixcls;
+
+  Border(const ConvParams& p, const int32_t* tapsum) : pixcls(p.OH * p.OW) {
+    std::vector<int> rcls(p.OH), ccls(p.OW);
+    std::vector<std::pair<int64_t, int64_t>> rkeys, ckeys;
+    auto classify = [](std::vector<std::pair<int64_t, int64_t>>& keys, std::pair<int64_t, int64_t> k) {
+      for (size_t i = 0; i < keys.size(); ++i)
+        if (keys[i] == k) return static_cast<int>(i);
+      keys.push_back(k);
+      return static_cast<int>(keys.size() - 1);
+    };
+    for (int64_t oh = 0; oh < p.OH; ++oh) rcls[oh] = classify(rkeys, valid_taps(oh, p.sh, p.ph, p.dh, p.KH, p.H));
+    for (int64_t ow = 0; ow < p.OW; ++ow) ccls[ow] = classify(ckeys, valid_taps(ow, p.sw, p.pw, p.dw, p.KW, p.W));
+    const int64_t nrc = static_cast<int64_t>(rkeys.size()), ncc = static_cast<int64_t>(ckeys.size());
+    const int64_t taps = p.KH * p.KW;
+    corr.assign(nrc * ncc * p.F, 0);
+    std::vector<char> border(nrc * ncc, 0);
+    std::vector<int64_t> outside;  // taps outside the image for one class
+    for (int64_t r = 0; r < nrc; ++r) {
+      for (int64_t c = 0; c < ncc; ++c) {
+        outside.clear();
+        for (int64_t kh = 0; kh < p.KH; ++kh)
+          for (int64_t kx = 0; kx < p.KW; ++kx)
+            if (!(kh >= rkeys[r].first && kh < rkeys[r].second && kx >= ckeys[c].first && kx < ckeys[c].second))
+              outside.push_back(kh * p.KW + kx);
+        if (outside.empty()) continue;
+        border[r * ncc + c] = 1;
+        int32_t* cr = corr.data() + (r * ncc + c) * p.F;
+        for (int64_t f = 0; f < p.F; ++f) {
+          int32_t sum = 0;
+          for (int64_t t : outside) sum += tapsum[f * taps + t];
+          cr[f] = sum;
+        }
+      }
+    }
+    for (int64_t oh = 0; oh < p.OH; ++oh)
+      for (int64_t ow = 0; ow < p.OW; ++ow) {
+        const int64_t k = rcls[oh] * ncc + ccls[ow];
+        pixcls[oh * p.OW + ow] = border[k] ? static_cast<int32_t>(k) : -1;
+      }
+  }
+
+  // T[j * ldt + i] += correction of output pixel pix0 + i and filter f0 + j (i < n, j < fc)
+  void apply(int32_t* T, int64_t ldt, int64_t pix0, int64_t n, int64_t F, int64_t f0, int64_t fc) const {
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t k = pixcls[pix0 + i];
+      if (k < 0) continue;
+      const int32_t* cr = corr.data() + k * F + f0;
+      for (int64_t j = 0; j < fc; ++j) T[j * ldt + i] += cr[j];
+    }
+  }
+};
+
 }  // namespace
 
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits, const uint64_t* wsplit,
@@ -363,42 +419,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     });
   }
 
-  // 4. border classes and their corrections corr[class][f]
-  std::vector<int> rcls(p.OH), ccls(p.OW);
-  std::vector<std::pair<int64_t, int64_t>> rkeys, ckeys;
-  auto classify = [](std::vector<std::pair<int64_t, int64_t>>& keys, std::pair<int64_t, int64_t> k) {
-    for (size_t i = 0; i < keys.size(); ++i)
-      if (keys[i] == k) return static_cast<int>(i);
-    keys.push_back(k);
-    return static_cast<int>(keys.size() - 1);
-  };
-  for (int64_t oh = 0; oh < p.OH; ++oh) rcls[oh] = classify(rkeys, valid_taps(oh, p.sh, p.ph, p.dh, p.KH, p.H));
-  for (int64_t ow = 0; ow < p.OW; ++ow) ccls[ow] = classify(ckeys, valid_taps(ow, p.sw, p.pw, p.dw, p.KW, p.W));
-  const int64_t nrc = static_cast<int64_t>(rkeys.size()), ncc = static_cast<int64_t>(ckeys.size());
-  std::vector<int32_t> corr(nrc * ncc * p.F, 0);
-  std::vector<char> border(nrc * ncc, 0);
-  for (int64_t r = 0; r < nrc; ++r) {
-    for (int64_t c = 0; c < ncc; ++c) {
-      int32_t* cr = corr.data() + (r * ncc + c) * p.F;
-      for (int64_t kh = 0; kh < p.KH; ++kh) {
-        for (int64_t kx = 0; kx < p.KW; ++kx) {
-          const bool in = kh >= rkeys[r].first && kh < rkeys[r].second && kx >= ckeys[c].first &&
-                          kx < ckeys[c].second;
-          if (in) continue;
-          border[r * ncc + c] = 1;
-          const int64_t t = kh * p.KW + kx;
-          for (int64_t f = 0; f < p.F; ++f) cr[f] += tapsum[f * taps + t];
-        }
-      }
-    }
-  }
-  // class of each output pixel, -1 for interior pixels (no correction)
-  std::vector<int32_t> pixcls(OHW);
-  for (int64_t oh = 0; oh < p.OH; ++oh)
-    for (int64_t ow = 0; ow < p.OW; ++ow) {
-      const int64_t k = rcls[oh] * ncc + ccls[ow];
-      pixcls[oh * p.OW + ow] = border[k] ? static_cast<int32_t>(k) : -1;
-    }
+  const Border bd(p, tapsum);
 
   // 3 + 5. popcount GEMM per tile, padding correction, epilogue
   int64_t ldb = 0;
@@ -424,20 +445,12 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     }
     int32_t* T = tile_buffer(mb * fb);
     pk.fn(Ab, mp, Bw + f0 * ldb, ldb, fc, kw, Kbits, T, mp);  // raw acc
-    for (int64_t i = 0; i < mc; ++i) {
-      const int32_t k = pixcls[p0 + i];
-      if (k < 0) continue;
-      const int32_t* cr = corr.data() + k * p.F + f0;
-      for (int64_t j = 0; j < fc; ++j) T[j * mp + i] += cr[j];
-    }
+    bd.apply(T, mp, p0, mc, p.F, f0, fc);
     for (int64_t j = 0; j < fc; ++j) {
       const int32_t* a = T + j * mp;
-      const int64_t f = f0 + j;
-      if (out_f) {
-        scale_bias(a, scale_of(scale, f), bias_of(bias, f), out_f + (n * p.F + f) * OHW + p0, mc);
-      } else {
-        std::memcpy(out_i + (n * p.F + f) * OHW + p0, a, sizeof(int32_t) * mc);
-      }
+      const int64_t f = f0 + j, o = (n * p.F + f) * OHW + p0;
+      if (out_f) scale_bias(a, scale_of(scale, f), bias_of(bias, f), out_f + o, mc);
+      else std::memcpy(out_i + o, a, sizeof(int32_t) * mc);
     }
   });
 }

@@ -1,6 +1,7 @@
 // CPU feature detection, path dispatch and the std::thread pool.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <memory>
@@ -107,14 +108,25 @@ PanelKernel panel_kernel(Path p) {
 
 // ---- thread pool ------------------------------------------------------------------------------
 //
-// Workers block on a condition variable between jobs (no spinning: they must not steal cores
-// from torch or from other processes).  An exception thrown by a task is caught where it happens
+// Workers poll for the next job for about kSpinUs microseconds after each one (a convolution runs
+// two or three jobs back to back, and waking a sleeping thread costs 10-40 us, more in a VM), then
+// block on a condition variable (they must not keep stealing cores from torch or other processes).  An exception thrown by a task is caught where it happens
 // and rethrown in the caller once every task has finished.  Tasks are handed out through an atomic counter, so a
 // worker that wakes late simply finds nothing left; the caller works too and waits only until
 // every task has *finished*.  Jobs are shared_ptr-owned, so a late worker never touches a dead
 // job.  After fork() the child gets a fresh pool (the parent's threads do not exist there).
 
 namespace {
+
+constexpr int64_t kSpinUs = 50;
+
+inline void cpu_relax() {
+#if ONEBIT_X86
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
 
 struct Job {
   const std::function<void(int64_t)>* fn = nullptr;
@@ -147,6 +159,7 @@ class ThreadPool {
       }
       job_ = job;
       ++generation_;
+      posted_.store(generation_, std::memory_order_release);
     }
     cv_.notify_all();
     work(*job);
@@ -193,6 +206,10 @@ class ThreadPool {
     }
     for (;;) {
       std::shared_ptr<Job> job;
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinUs);
+      while (posted_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until) {
+        for (int i = 0; i < 64; ++i) cpu_relax();
+      }
       {
         std::unique_lock<std::mutex> lk(mu_);
         cv_.wait(lk, [&] { return generation_ != seen; });
@@ -208,6 +225,7 @@ class ThreadPool {
   std::condition_variable cv_, done_cv_;
   std::shared_ptr<Job> job_;
   uint64_t generation_ = 0;
+  std::atomic<uint64_t> posted_{0};  // generation_, readable without the lock (the spin above)
   size_t threads_ = 0;
 };
 

@@ -1,0 +1,80 @@
+"""End to end, batch 1, 224x224: packed Bi-Real ResNet-18 against its float32 twin and itself in torch.
+
+    python benchmarks/e2e_resnet18.py [--reps 15 --threads 1 2]
+
+Models: onebit.create_model('resnet18') (the float32 twin; the issue calls it fp_resnet18), create_model('bireal_resnet18') in torch
+(binary layers simulated in float) and the same model after onebit.deploy.pack(model.eval(),
+fold_bn=True) (XNOR-popcount engine).  Each round times one forward of each model, in turn; the
+table gives medians and the ratio fp32 / packed.  The packed logits are checked against the torch
+model's.  Writes results/e2e_resnet18.json with the CPU name and flags.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import onebit
+from onebit.deploy import engine, pack
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conv_microbench import cpu_flags, cpu_name  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "e2e_resnet18.json"))
+    args = ap.parse_args(argv)
+
+    torch.manual_seed(0)
+    fp = onebit.create_model("resnet18").eval()
+    binary = onebit.create_model("bireal_resnet18").eval()
+    packed = pack(binary, fold_bn=True)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref, got = binary(x), packed(x)
+    err = float((got - ref).abs().max() / ref.abs().max())
+    models = {"fp32": fp, "bireal_torch": binary, "bireal_packed": packed}
+
+    rows = []
+    print(f"{cpu_name()}  flags: {' '.join(cpu_flags())}  engine path: {engine.best_path()}")
+    print(f"{'threads':>7} {'fp32 ms':>10} {'bireal torch ms':>16} {'packed ms':>10} {'fp32 / packed':>14}")
+    for t in args.threads:
+        torch.set_num_threads(t)
+        engine.set_num_threads(t)
+        times = {k: [] for k in models}
+        with torch.no_grad():
+            for m in models.values():  # warm-up
+                m(x)
+            for _ in range(args.reps):
+                for k, m in models.items():
+                    t0 = time.perf_counter()
+                    m(x)
+                    times[k].append(time.perf_counter() - t0)
+        med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        row = {"threads": t, **{f"{k}_ms": v for k, v in med.items()},
+               "speedup_vs_fp32": med["fp32"] / med["bireal_packed"],
+               "speedup_vs_bireal_torch": med["bireal_torch"] / med["bireal_packed"]}
+        rows.append(row)
+        print(f"{t:>7} {med['fp32']:>10.2f} {med['bireal_torch']:>16.2f} {med['bireal_packed']:>10.2f} "
+              f"{row['speedup_vs_fp32']:>13.2f}x", flush=True)
+    engine.set_num_threads(None)
+    out = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "engine_path": engine.best_path(), "torch": torch.__version__,
+           "nproc": os.cpu_count(), "batch": 1, "input": [3, 224, 224], "reps": args.reps,
+           "packed_vs_torch_max_rel_logit_error": err, "results": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"max relative logit difference packed vs torch: {err:.2e}\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+// Standalone self-test of the engine (no Python): every kernel path this CPU has, against scalar
+// references, on random shapes and edge cases; and the thread pool.  Built and run under
+// -fsanitize=address,undefined by tests/test_sanitizers.py; exits 0 iff every check passed.
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "engine.h"
+
+using namespace onebit;
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const char* what, const char* path) {
+  if (!ok && failures++ < 20) std::fprintf(stderr, "FAIL: %s (path %s)\n", what, path);
+}
+
+int sgn(float v) { return v >= 0.0f ? 1 : -1; }
+
+// random floats with exact zeros and negative zeros mixed in
+std::vector<float> randoms(std::mt19937& rng, size_t n) {
+  std::normal_distribution<float> nd;
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    const unsigned r = rng() % 16;
+    x = r == 0 ? 0.0f : r == 1 ? -0.0f : nd(rng);
+  }
+  return v;
+}
+
+void test_bgemm(std::mt19937& rng, Path path) {
+  const int64_t shapes[][3] = {{1, 1, 1}, {3, 5, 63}, {8, 7, 64}, {13, 9, 130}, {33, 17, 1000}, {70, 6, 2049}};
+  for (const auto& s : shapes) {
+    const int64_t M = s[0], N = s[1], K = s[2], kw = words_for(K);
+    const std::vector<float> a = randoms(rng, M * K), b = randoms(rng, N * K);
+    std::vector<uint64_t> A(M * kw), B(N * kw);
+    pack_rows(a.data(), M, K, K, nullptr, A.data(), kw, path != Path::Portable, 1);
+    pack_rows(b.data(), N, K, K, nullptr, B.data(), kw, path != Path::Portable, 1);
+    for (Kernel kern : {Kernel::Rows, Kernel::Panels}) {
+      for (int nt : {1, 2}) {
+        std::vector<int32_t> out(M * N);
+        bgemm(A.data(), M, kw, B.data(), N, kw, K, out.data(), path, nt, kern);
+        bool ok = true;
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = 0; n < N; ++n) {
+            int32_t ref = 0;
+            for (int64_t k = 0; k < K; ++k) ref += sgn(a[m * K + k]) * sgn(b[n * K + k]);
+            ok &= out[m * N + n] == ref;
+          }
+        check(ok, "bgemm", path_name(path));
+      }
+    }
+  }
+}
+
+// n, c, h, w, f, k, stride, pad, dilation, groups
+void test_conv(std::mt19937& rng, Path path) {
+  const int64_t cases[][10] = {{1, 3, 5, 6, 4, 3, 1, 1, 1, 1},   {2, 63, 7, 7, 5, 3, 2, 1, 1, 1},
+                               {1, 65, 9, 8, 6, 3, 1, 2, 1, 1},  {1, 130, 6, 5, 8, 3, 2, 1, 1, 2},
+                               {1, 4, 10, 9, 4, 5, 1, 2, 2, 2},  {1, 8, 7, 7, 6, 1, 2, 0, 1, 1},
+                               {1, 6, 3, 3, 3, 3, 1, 2, 1, 3},   {1, 64, 30, 29, 7, 3, 1, 1, 1, 1},
+                               {1, 1, 1, 1, 1, 1, 1, 0, 1, 1}};
+  for (const auto& cs : cases) {
+    ConvParams p{};
+    p.N = cs[0], p.C = cs[1], p.H = cs[2], p.W = cs[3], p.F = cs[4], p.KH = p.KW = cs[5];
+    p.sh = p.sw = cs[6], p.ph = p.pw = cs[7], p.dh = p.dw = cs[8], p.groups = cs[9];
+    p.OH = (p.H + 2 * p.ph - p.dh * (p.KH - 1) - 1) / p.sh + 1;
+    p.OW = (p.W + 2 * p.pw - p.dw * (p.KW - 1) - 1) / p.sw + 1;
+    const int64_t Cg = p.C / p.groups, Fg = p.F / p.groups, taps = p.KH * p.KW;
+    p.xstrides[0] = p.C * p.H * p.W, p.xstrides[1] = p.H * p.W, p.xstrides[2] = p.W, p.xstrides[3] = 1;
+    p.ldb = round_up(taps * words_for(Cg), 8);
+    const std::vector<float> x = randoms(rng, p.N * p.C * p.H * p.W), w = randoms(rng, p.F * Cg * taps);
+    const std::vector<float> shift = randoms(rng, p.C);
+    std::vector<uint64_t> wbits(p.F * p.ldb);
+    std::vector<int32_t> tapsum(p.F * taps);
+    pack_conv_weight(w.data(), p.F, Cg, p.KH, p.KW, wbits.data(), p.ldb, tapsum.data());
+    std::vector<int32_t> ref(p.N * p.F * p.OH * p.OW, 0);
+    for (int64_t n = 0; n < p.N; ++n)
+      for (int64_t f = 0; f < p.F; ++f)
+        for (int64_t oh = 0; oh < p.OH; ++oh)
+          for (int64_t ow = 0; ow < p.OW; ++ow) {
+            int32_t acc = 0;
+            const int64_t g = f / Fg;
+            for (int64_t c = 0; c < Cg; ++c)
+              for (int64_t kh = 0; kh < p.KH; ++kh)
+                for (int64_t kx = 0; kx < p.KW; ++kx) {
+                  const int64_t ih = oh * p.sh - p.ph + kh * p.dh, iw = ow * p.sw - p.pw + kx * p.dw;
+                  if (ih < 0 || ih >= p.H || iw < 0 || iw >= p.W) continue;
+                  const int64_t ch = g * Cg + c;
+                  acc += sgn(x[((n * p.C + ch) * p.H + ih) * p.W + iw] + shift[ch]) *
+                         sgn(w[((f * Cg + c) * p.KH + kh) * p.KW + kx]);
+                }
+            ref[((n * p.F + f) * p.OH + oh) * p.OW + ow] = acc;
+          }
+    for (int nt : {1, 2}) {
+      std::vector<int32_t> out(ref.size(), -12345);
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), nullptr, nullptr, nullptr, out.data(),
+             path, nt);
+      check(out == ref, "conv2d accumulators", path_name(path));
+      std::vector<float> y(ref.size());
+      std::vector<float> scale(p.F, 0.5f), bias(p.F, 0.25f);
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), y.data(),
+             nullptr, path, nt);
+      bool ok = true;
+      for (size_t i = 0; i < y.size(); ++i) ok &= y[i] == static_cast<float>(ref[i]) * 0.5f + 0.25f;
+      check(ok, "conv2d float epilogue", path_name(path));
+    }
+  }
+}
+
+void test_thread_pool() {
+  for (int nt : {1, 2, 4}) {
+    for (int64_t ntasks : {0, 1, 3, 100}) {
+      std::vector<std::atomic<int>> hits(ntasks);
+      parallel_for(ntasks, nt, [&](int64_t t) { hits[t]++; });
+      bool ok = true;
+      for (auto& h : hits) ok &= h.load() == 1;
+      check(ok, "parallel_for runs every task once", "-");
+    }
+  }
+  bool caught = false;  // an exception in a task reaches the caller, after every task finished
+  std::atomic<int> ran{0};
+  try {
+    parallel_for(50, 2, [&](int64_t t) {
+      ran++;
+      if (t == 7) throw std::runtime_error("task 7");
+    });
+  } catch (const std::runtime_error&) {
+    caught = true;
+  }
+  check(caught && ran.load() == 50, "parallel_for rethrows", "-");
+  std::atomic<int64_t> sum{0};  // concurrent callers (run serially) and nested calls
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 3; ++c)
+    callers.emplace_back([&] {
+      for (int r = 0; r < 20; ++r)
+        parallel_for(8, 2, [&](int64_t t) { parallel_for(4, 2, [&](int64_t u) { sum += t * 4 + u; }); });
+    });
+  for (auto& th : callers) th.join();
+  check(sum.load() == 3 * 20 * (31 * 32 / 2), "concurrent and nested parallel_for", "-");
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(1234);
+  test_thread_pool();
+  for (Path path : {Path::Portable, Path::AVX2, Path::AVX512}) {
+    if (!path_available(path)) continue;
+    std::printf("path %s\n", path_name(path));
+    test_bgemm(rng, path);
+    test_conv(rng, path);
+  }
+  std::printf("%s (%d failures)\n", failures ? "FAILED" : "OK", failures);
+  return failures ? 1 : 0;
+}
