@@ -196,6 +196,19 @@ def test_pack_model_same_logits(name, fold_bn):
     assert any(isinstance(m, BinaryConv2d) for m in model.modules())
 
 
+@pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet20", "bireal_resnet18_cifar"])
+def test_pack_unfolded_is_bit_exact(name):
+    """Without BN folding the packed model computes the very same floats: the training layer scales
+    an exact integer sum (op on +-1 operands) by alpha, as the engine scales its accumulator, so no
+    rounding difference can flip a sign deeper in the network."""
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = randomize(onebit.create_model(name), seed=seed).eval()
+        x = torch.randn(4, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(pack(model)(x), model(x))
+
+
 def test_pack_binary_head_and_stem():
     """A binary head (BinaryLinear) is packed; a binary stem with real inputs is kept, silently."""
     torch.manual_seed(2)

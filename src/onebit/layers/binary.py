@@ -10,7 +10,10 @@ They take exactly the constructor of nn.Conv2d / nn.Linear, plus keyword-only
 - ``center``: subtract each output row's mean from W before the sign (BinaryViT Eq. 1);
 - ``scale_grad``: let the gradient flow through alpha (default: alpha detached).
 
-Forward:  y = op(B_a(x), alpha * B_w(W)) + bias, where op is conv2d or linear.
+Forward:  y = op(B_a(x), B_w(W)) * alpha + bias, where op is conv2d or linear.  The scale
+alpha (one per output channel) multiplies the output rather than the weights: the same function
+and gradients, but with +-1 operands op sums exact integers, so the float result equals the packed
+engine's integer accumulator times alpha bit for bit, whatever order the float kernel sums in.
 The latent float weight stays in ``self.weight`` for training.  Zero padding pads the
 binarized activations with 0 (exactly what the packed engine reproduces).
 """
@@ -51,14 +54,25 @@ class BinaryLayer:
     def binary_inputs(self) -> bool:
         return self.input_binarizer is not None
 
-    def binary_weight(self) -> torch.Tensor:
-        """The weight the layer computes with: alpha * B_w(W) (or W if weights are real)."""
+    def weight_parts(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B_w(W), alpha): the binarized weight and its scale (shaped like W's leading dim, or
+        None); (W, None) if weights are real."""
         w = self.weight
         if self.weight_binarizer is None:
-            return w
+            return w, None
         wb = self.weight_binarizer(center_weight(w) if self.center else w)
-        alpha = weight_scale(w, self.scale, self.scale_grad)
+        return wb, weight_scale(w, self.scale, self.scale_grad)
+
+    def binary_weight(self) -> torch.Tensor:
+        """The weight the layer computes with: alpha * B_w(W) (or W if weights are real)."""
+        wb, alpha = self.weight_parts()
         return wb if alpha is None else wb * alpha
+
+    def _scaled(self, y: torch.Tensor, alpha: Optional[torch.Tensor], channel_dim: int) -> torch.Tensor:
+        """y * alpha per output channel, then + bias."""
+        if alpha is not None:
+            y = y * alpha.reshape(shape_of(y, channel_dim) if alpha.numel() > 1 else ())
+        return y if self.bias is None else y + self.bias.reshape(shape_of(y, channel_dim))
 
     def binarize_input(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.input_binarizer is None else self.input_binarizer(x)
@@ -68,6 +82,13 @@ class BinaryLayer:
             return "real" if b is None else type(b).__name__
         return (f", input={name(self.input_binarizer)}, weight={name(self.weight_binarizer)}, "
                 f"scale={self.scale}" + (", center=True" if self.center else ""))
+
+
+def shape_of(y: torch.Tensor, channel_dim: int) -> list[int]:
+    """Broadcast shape of a per-channel vector along ``channel_dim`` of ``y``."""
+    shape = [1] * y.dim()
+    shape[channel_dim] = -1
+    return shape
 
 
 class BinaryConv2d(nn.Conv2d, BinaryLayer):
@@ -94,7 +115,8 @@ class BinaryConv2d(nn.Conv2d, BinaryLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(f"BinaryConv2d expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-        return self._conv_forward(self.binarize_input(x), self.binary_weight(), self.bias)
+        wb, alpha = self.weight_parts()
+        return self._scaled(self._conv_forward(self.binarize_input(x), wb, None), alpha, 1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._binary_repr()
@@ -115,7 +137,8 @@ class BinaryLinear(nn.Linear, BinaryLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"BinaryLinear expects inputs (..., {self.in_features}), got shape {tuple(x.shape)}")
-        return F.linear(self.binarize_input(x), self.binary_weight(), self.bias)
+        wb, alpha = self.weight_parts()
+        return self._scaled(F.linear(self.binarize_input(x), wb), alpha, -1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._binary_repr()
