@@ -105,7 +105,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--path", default="auto", choices=engine.PATHS)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "conv_microbench.json"))
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="re-run under OMP_WAIT_POLICY=PASSIVE: torch's OpenMP workers sleep instead of spinning "
+                         "after each op (spinning, they take the second core from the engine's threads)")
     args = ap.parse_args(argv)
+    if args.omp_passive and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []
@@ -128,6 +133,7 @@ def main(argv=None) -> int:
         "engine_path": engine.best_path() if args.path == "auto" else args.path,
         "torch": torch.__version__, "python": sys.version.split()[0], "nproc": os.cpu_count(),
         "loadavg_before": load_before, "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "rounds": args.rounds, "reps": args.reps, "batch": 1, "kernel": "3x3, stride 1, pad 1",
         "engine_measures": "PackedBinaryConv2d.forward, float NCHW in -> float NCHW out",
         "results": rows,

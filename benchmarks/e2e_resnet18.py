@@ -27,12 +27,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conv_microbench import cpu_flags, cpu_name  # noqa: E402
 
 
+def profile_modules(model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict:
+    """Median ms per leaf module (packed convs count as leaves) and per module type, over ``reps`` forwards."""
+    import collections
+    from onebit.deploy import PackedBinaryConv2d
+
+    times, starts, kinds, handles = collections.defaultdict(list), {}, {}, []
+    for name, m in model.named_modules():
+        if len(m._modules) == 0 or isinstance(m, PackedBinaryConv2d):
+            kind = type(m).__name__
+            if isinstance(m, torch.nn.Conv2d):
+                kind += f" {m.kernel_size[0]}x{m.kernel_size[1]}"
+            elif isinstance(m, PackedBinaryConv2d):
+                kind += f" {m.kernel_size[0]}x{m.kernel_size[1]}" + (" s2" if m.stride[0] > 1 else "")
+            kinds[name] = kind
+            handles.append(m.register_forward_pre_hook(
+                lambda mod, inp, name=name: starts.__setitem__(name, time.perf_counter())))
+            handles.append(m.register_forward_hook(
+                lambda mod, inp, out, name=name: times[name].append(time.perf_counter() - starts[name])))
+    total = []
+    with torch.no_grad():
+        model(x)
+        times.clear()
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            model(x)
+            total.append(time.perf_counter() - t0)
+    for h in handles:
+        h.remove()
+    per_module = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    per_kind = collections.defaultdict(float)
+    for k, v in per_module.items():
+        per_kind[kinds[k]] += v
+    tot = 1e3 * statistics.median(total)
+    per_kind = dict(sorted(per_kind.items(), key=lambda kv: -kv[1]))
+    per_kind["rest (adds, python, hooks)"] = tot - sum(per_module.values())
+    return {"total_ms_with_hooks": tot, "per_type_ms": per_kind,
+            "per_module_ms": {k: round(v, 4) for k, v in per_module.items() if kinds[k] != "Identity"}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--profile", action="store_true", help="also time every module of the packed model")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "e2e_resnet18.json"))
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="re-run under OMP_WAIT_POLICY=PASSIVE: torch's OpenMP workers sleep instead of spinning "
+                         "after each op (spinning, they take the second core from the engine's threads)")
     args = ap.parse_args(argv)
+    if args.omp_passive and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
 
     torch.manual_seed(0)
     fp = onebit.create_model("resnet18").eval()
@@ -66,9 +111,14 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{t:>7} {med['fp32']:>10.2f} {med['bireal_torch']:>16.2f} {med['bireal_packed']:>10.2f} "
               f"{row['speedup_vs_fp32']:>13.2f}x", flush=True)
+        if args.profile:
+            row["packed_profile"] = profile_modules(packed, x, args.reps)
+            for k, v in row["packed_profile"]["per_type_ms"].items():
+                print(f"        {k:<36} {v:8.2f} ms")
     engine.set_num_threads(None)
     out = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "engine_path": engine.best_path(), "torch": torch.__version__,
-           "nproc": os.cpu_count(), "batch": 1, "input": [3, 224, 224], "reps": args.reps,
+           "nproc": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+           "loadavg_after": os.getloadavg(), "batch": 1, "input": [3, 224, 224], "reps": args.reps,
            "packed_vs_torch_max_rel_logit_error": err, "results": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

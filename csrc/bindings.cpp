@@ -153,7 +153,8 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
                     std::pair<int64_t, int64_t> out_size, const std::optional<CArr<float>>& shift,
                     const std::optional<CArr<float>>& scale, const std::optional<CArr<float>>& bias,
                     bool accumulate, const std::string& path, int num_threads,
-                    const std::optional<CArr<uint64_t>>& wsplit) {
+                    const std::optional<CArr<uint64_t>>& wsplit, const std::optional<py::array>& residual,
+                    const std::optional<py::array>& out_arr) {
   require(x.ndim() == 4, "conv2d expects a 4-D float32 input [N, C, H, W]");
   ConvParams p{};
   p.N = x.shape(0), p.C = x.shape(1), p.H = x.shape(2), p.W = x.shape(3);
@@ -181,6 +182,8 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
   const uint64_t* ws = split_ptr(wsplit, path_, p.F, p.KH * p.KW * words_for(p.C / groups));
   const int nt = check_threads(num_threads);
   const std::vector<py::ssize_t> shape{p.N, p.F, p.OH, p.OW};
+  require(!accumulate || (!residual && !out_arr), "conv2d: residual and out are for the float output, "
+          "not with accumulate=True");
   if (accumulate) {
     py::array_t<int32_t> out(shape);
     int32_t* o = out.mutable_data();
@@ -190,11 +193,37 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
     }
     return std::move(out);
   }
-  py::array_t<float> out(shape);
-  float* o = out.mutable_data();
+  // residual / out: float32 C-contiguous [N, F, OH, OW], taken as they are (no conversion or copy:
+  // out must be written in place, and a silent copy of the residual would cost a pass over memory)
+  auto exact = [&](const py::array& a, const char* what) {
+    require(a.dtype().is(py::dtype::of<float>()) && (a.flags() & py::array::c_style) && a.ndim() == 4,
+            std::string("conv2d: ") + what + " must be a C-contiguous float32 array [N, F, OH, OW]");
+    for (int d = 0; d < 4; ++d)
+      require(a.shape(d) == shape[d], std::string("conv2d: ") + what + " has the wrong shape");
+  };
+  const float* res = nullptr;
+  if (residual) {
+    exact(*residual, "residual");
+    res = static_cast<const float*>(residual->data());
+  }
+  py::array_t<float> out;
+  if (out_arr) {
+    exact(*out_arr, "out");
+    require(out_arr->writeable(), "conv2d: out must be writeable");
+    out = py::reinterpret_borrow<py::array_t<float>>(*out_arr);
+    const auto* xb = reinterpret_cast<const char*>(x.data());
+    const auto* ob = static_cast<const char*>(out_arr->data());
+    py::ssize_t xn = static_cast<py::ssize_t>(sizeof(float));  // bytes from x.data() to its last element
+    for (int d = 0; d < 4; ++d) xn += (x.shape(d) - 1) * x.strides(d);
+    const py::ssize_t on = out_arr->nbytes();
+    require(ob + on <= xb || xb + xn <= ob, "conv2d: out must not overlap the input");
+  } else {
+    out = py::array_t<float>(shape);
+  }
+  float* o = static_cast<float*>(out.mutable_data());
   {
     py::gil_scoped_release nogil;
-    conv2d(p, x.data(), sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path_, nt);
+    conv2d(p, x.data(), sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path_, nt, res);
   }
   return std::move(out);
 }
@@ -232,6 +261,34 @@ py::array py_linear(const CArr<float>& x, const CArr<uint64_t>& wbits, int64_t K
   return std::move(out);
 }
 
+using Pair = std::pair<int64_t, int64_t>;
+
+// float32 C-contiguous NCHW x -> pooled float32 NCHW [N, C, OH, OW]
+py::array_t<float> py_pool2d(bool is_max, const CArr<float>& x, Pair kernel, Pair stride, Pair padding,
+                             Pair out_size, const std::string& path, int num_threads) {
+  require(x.ndim() == 4, "pool2d expects a 4-D float32 array [N, C, H, W]");
+  const int64_t N = x.shape(0), C = x.shape(1), H = x.shape(2), W = x.shape(3);
+  const int64_t KH = kernel.first, KW = kernel.second, sh = stride.first, sw = stride.second;
+  const int64_t ph = padding.first, pw = padding.second, OH = out_size.first, OW = out_size.second;
+  require(KH >= 1 && KW >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0 && 2 * ph <= KH && 2 * pw <= KW,
+          "pool2d: bad kernel / stride / padding");
+  require(OH >= 1 && OW >= 1 && (OH - 1) * sh - ph < H && (OW - 1) * sw - pw < W &&
+              (OH - 1) * sh - ph + KH <= H + 2 * ph && (OW - 1) * sw - pw + KW <= W + 2 * pw,
+          "pool2d: output size does not fit the input");
+  require(is_max || (ph == 0 && pw == 0), "avgpool2d: padding is not supported");
+  const Path p = parse_path(path);
+  const int nt = check_threads(num_threads);
+  py::array_t<float> out(std::vector<py::ssize_t>{N, C, OH, OW});
+  float* o = out.mutable_data();
+  const float* xs = x.data();
+  {
+    py::gil_scoped_release nogil;
+    if (is_max) maxpool2d(xs, N * C, H, W, KH, KW, sh, sw, ph, pw, OH, OW, o, p, nt);
+    else avgpool2d(xs, N * C, H, W, KH, KW, sh, sw, OH, OW, o, p, nt);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_engine, m) {
@@ -259,11 +316,20 @@ PYBIND11_MODULE(_engine, m) {
         py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("out_size"),
         py::arg("shift") = py::none(), py::arg("scale") = py::none(), py::arg("bias") = py::none(),
         py::arg("accumulate") = false, py::arg("path") = "auto", py::arg("num_threads") = 1,
-        py::arg("wsplit") = py::none(),
-        "Binary convolution of float32 NCHW x against packed weights; float32 NCHW output, or the exact int32 "
-        "accumulators with accumulate=True");
+        py::arg("wsplit") = py::none(), py::arg("residual") = py::none(), py::arg("out") = py::none(),
+        "Binary convolution of float32 NCHW x against packed weights; float32 NCHW output "
+        "(acc * scale + bias) [+ residual], written into out if given (it may be the residual), or the exact "
+        "int32 accumulators with accumulate=True");
   m.def("linear", &py_linear, py::arg("x"), py::arg("wbits"), py::arg("k"), py::arg("shift") = py::none(),
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("accumulate") = false,
         py::arg("path") = "auto", py::arg("num_threads") = 1, py::arg("kernel") = "auto",
         py::arg("wsplit") = py::none(), "Binary linear layer of float32 [M, K] x against packed weights [N, words]");
+  m.def("maxpool2d", [](const CArr<float>& x, Pair k, Pair s, Pair p, Pair o, const std::string& path, int nt) {
+        return py_pool2d(true, x, k, s, p, o, path, nt); }, py::arg("x"), py::arg("kernel_size"), py::arg("stride"),
+        py::arg("padding"), py::arg("out_size"), py::arg("path") = "auto", py::arg("num_threads") = 1,
+        "Exact max pooling of float32 NCHW x (torch's max_pool2d, no dilation, bit for bit)");
+  m.def("avgpool2d", [](const CArr<float>& x, Pair k, Pair s, Pair o, const std::string& path, int nt) {
+        return py_pool2d(false, x, k, s, {0, 0}, o, path, nt); }, py::arg("x"), py::arg("kernel_size"),
+        py::arg("stride"), py::arg("out_size"), py::arg("path") = "auto", py::arg("num_threads") = 1,
+        "Exact average pooling of float32 NCHW x without padding (torch's avg_pool2d order, bit for bit)");
 }

@@ -112,6 +112,32 @@ ScaleBiasFn scale_bias_fn(Path path) {
   return scale_bias_portable;
 }
 
+// o[i] = (float(a[i]) * s + b) + r[i]: the epilogue with a fused residual add (o may alias r)
+void scale_bias_res_portable(const int32_t* a, float s, float b, const float* r, float* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float y = static_cast<float>(a[i]) * s + b;
+    o[i] = y + r[i];
+  }
+}
+#if ONEBIT_X86
+__attribute__((target("avx2"))) void scale_bias_res_avx2(const int32_t* a, float s, float b, const float* r,
+                                                         float* o, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float y = static_cast<float>(a[i]) * s + b;
+    o[i] = y + r[i];
+  }
+}
+#endif
+using ScaleBiasResFn = void (*)(const int32_t*, float, float, const float*, float*, int64_t);
+ScaleBiasResFn scale_bias_res_fn(Path path) {
+#if ONEBIT_X86
+  if (path != Path::Portable && cpu_features().avx2) return scale_bias_res_avx2;
+#else
+  (void)path;
+#endif
+  return scale_bias_res_portable;
+}
+
 inline float scale_of(const float* scale, int64_t f) { return scale ? scale[f] : 1.0f; }
 inline float bias_of(const float* bias, int64_t f) { return bias ? bias[f] : 0.0f; }
 
@@ -385,7 +411,7 @@ struct Border {
 
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits, const uint64_t* wsplit,
             const int32_t* tapsum, const float* scale, const float* bias, float* out_f, int32_t* out_i, Path path,
-            int nthreads) {
+            int nthreads, const float* residual) {
   const int64_t G = p.groups, Cg = p.C / G, Fg = p.F / G, Wg = words_for(Cg);
   const int64_t taps = p.KH * p.KW, kw = taps * Wg;
   const int32_t Kbits = static_cast<int32_t>(taps * Cg);
@@ -426,6 +452,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   const uint64_t* Bw = panel_weights(pk, wbits, wsplit, p.F, p.ldb, kw, &ldb, nthreads);
   const int64_t fb = filters_per_tile(Fg, G * p.N * mblocks, nthreads), fblocks = (Fg + fb - 1) / fb;
   const ScaleBiasFn scale_bias = scale_bias_fn(path);
+  const ScaleBiasResFn scale_bias_res = scale_bias_res_fn(path);
   const int64_t ntasks = G * fblocks * p.N * mblocks;
   parallel_for(ntasks, nthreads, [&](int64_t t) {
     const int64_t mi = t % mblocks;
@@ -449,7 +476,8 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     for (int64_t j = 0; j < fc; ++j) {
       const int32_t* a = T + j * mp;
       const int64_t f = f0 + j, o = (n * p.F + f) * OHW + p0;
-      if (out_f) scale_bias(a, scale_of(scale, f), bias_of(bias, f), out_f + o, mc);
+      if (out_f && residual) scale_bias_res(a, scale_of(scale, f), bias_of(bias, f), residual + o, out_f + o, mc);
+      else if (out_f) scale_bias(a, scale_of(scale, f), bias_of(bias, f), out_f + o, mc);
       else std::memcpy(out_i + o, a, sizeof(int32_t) * mc);
     }
   });

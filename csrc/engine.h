@@ -149,9 +149,13 @@ struct ConvParams {
 // acc = sum over in-image taps and channels of sign(x + shift) * sign(w); padded taps contribute 0.
 // wsplit: optional [F, 2 * KH*KW*Wg] nibble-split copy of wbits (split_rows), used by the paths
 // whose panel kernel reads that layout (saves splitting the weights on every call).
+// residual (float output only; may be null): a contiguous NCHW [N, F, OH, OW] tensor added in the
+// epilogue, y = (acc * scale[f] + bias[f]) + residual, rounded exactly as the two separate float
+// operations (mul, add, add; never fused).  It may alias out_f (each element is read before it is
+// written), but not x.
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits,
             const uint64_t* wsplit, const int32_t* tapsum, const float* scale, const float* bias, float* out_f,
-            int32_t* out_i, Path path, int nthreads);
+            int32_t* out_i, Path path, int nthreads, const float* residual = nullptr);
 
 // x[M, K] (row stride ldx) against wbits[N, ldb]: y[m, n] = acc * scale[n] + bias[n] into out_f, or
 // the accumulator acc = K - 2 popcount into out_i.
@@ -162,5 +166,14 @@ void linear(const float* x, int64_t M, int64_t K, int64_t ldx, const float* shif
 // A[M, lda] x B[N, ldb] words over K bits: out[m * N + n] = K - 2 popcount(A_m xor B_n).
 void bgemm(const uint64_t* A, int64_t M, int64_t lda, const uint64_t* B, int64_t N, int64_t ldb, int64_t K,
            int32_t* out, Path path, int nthreads, Kernel kernel = Kernel::Auto);
+
+// ---- exact float pooling (pool.cpp) ------------------------------------------------------------
+// x: planes contiguous H x W float planes (NCHW with planes = N * C) -> out planes OH x OW.
+// Max: bit for bit torch's max_pool2d (no dilation), -inf padding never wins, NaN propagates.
+void maxpool2d(const float* x, int64_t planes, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw,
+               int64_t ph, int64_t pw, int64_t OH, int64_t OW, float* out, Path path, int nthreads);
+// Average without padding (floor mode): bit for bit torch's avg_pool2d (same float order).
+void avgpool2d(const float* x, int64_t planes, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw,
+               int64_t OH, int64_t OW, float* out, Path path, int nthreads);
 
 }  // namespace onebit

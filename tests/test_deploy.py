@@ -1,6 +1,7 @@
 """Packed layers and pack(): the bit-packed twins give the training layers' outputs."""
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -207,6 +208,57 @@ def test_pack_unfolded_is_bit_exact(name):
         x = torch.randn(4, 3, 32, 32)
         with torch.no_grad():
             assert torch.equal(pack(model)(x), model(x))
+
+
+@pytest.mark.parametrize("name,size", [("bireal_resnet20", 32), ("reactnet_resnet20", 32), ("bireal_resnet18", 64),
+                                       ("reactnet_resnet18", 64)])
+def test_pack_fused_units_equal_the_separate_ops(name, size):
+    """fold_bn=True: the BinaryUnits add their shortcut in the packed conv's epilogue; the logits are
+    bit for bit those of the same folded model with the add done by torch, and the state_dict is the
+    one of the unfused model."""
+    from onebit.models.blocks import BinaryUnit
+    from onebit.deploy.pool import ExactAvgPool2d, SeparableMaxPool2d
+    torch.manual_seed(0)
+    model = randomize(onebit.create_model(name), seed=1).eval()
+    fused = pack(model, fold_bn=True)
+    units = [m for m in fused.modules() if isinstance(m, BinaryUnit)]
+    assert units and all(type(m).__name__ == "PackedBinaryUnit" for m in units)
+    plain = copy.deepcopy(fused)
+    for m in plain.modules():
+        if type(m).__name__ == "PackedBinaryUnit":
+            m.__class__ = BinaryUnit
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    if name.endswith("resnet18"):
+        kinds = {type(m) for m in fused.modules()}
+        assert SeparableMaxPool2d in kinds and ExactAvgPool2d in kinds
+        assert nn.MaxPool2d not in kinds and nn.AvgPool2d not in kinds
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        got, want = fused(x), plain(x)
+        assert torch.equal(got, want)
+        rel = float((got - model(x)).abs().max() / model(x).abs().max())
+        assert rel < 1e-5
+        # a channels-last input (the residual is then not contiguous): the unfused fallback, same result
+        assert torch.equal(fused(x[:, :, :, :].contiguous(memory_format=torch.channels_last)), want)
+    # state_dict round trip into a fresh pack()
+    again = pack(onebit.create_model(name).eval(), fold_bn=True)
+    again.load_state_dict(fused.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again(x), want)
+
+
+def test_packed_conv_residual_argument():
+    torch.manual_seed(3)
+    layer = BinaryConv2d(20, 12, 3, 2, 1, bias=True, input_binarizer="approx_sign").eval()
+    p = PackedBinaryConv2d.from_layer(layer)
+    x = torch.randn(2, 20, 9, 9)
+    with torch.no_grad():
+        y = p(x)
+        r = torch.randn_like(y)
+        assert torch.equal(p(x, residual=r), y + r)
+        assert torch.equal(p(x, residual=r.transpose(2, 3).contiguous().transpose(2, 3)), y + r)
+        assert torch.equal(p(x, residual=r.double()), y + r.double())
+        assert p(x[:0], residual=r[:0]).shape == (0, 12, 5, 5)
 
 
 def test_pack_binary_head_and_stem():

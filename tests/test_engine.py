@@ -237,6 +237,78 @@ def test_conv_epilogue_scale_bias():
                                    rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", [(1, 64, 12, 11, 16, 3, 1, 1, 1, 1), (3, 63, 7, 7, 5, 3, 2, 1, 1, 1),
+                                  (3, 130, 6, 5, 8, 3, 2, 1, 1, 2), (1, 64, 56, 56, 8, 3, 1, 1, 1, 1),
+                                  (1, 512, 7, 7, 24, 3, 1, 1, 1, 1)],
+                         ids=lambda c: "n{}c{}_{}x{}_f{}_k{}s{}p{}d{}g{}".format(*c))
+def test_conv_fused_residual_is_the_separate_add(case):
+    """y = conv(x) + residual fused into the epilogue: bit for bit the float32 add of the two."""
+    n, c, h, w, f, k, s, p, d, g = case
+    rng = np.random.default_rng(sum(case) + 1)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((f, c // g, k, k)).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    scale = rng.uniform(0.01, 1.0, f).astype(np.float32)
+    bias = rng.standard_normal(f).astype(np.float32)
+    kw = dict(groups=g, kernel_size=k, stride=s, padding=p, dilation=d, scale=scale, bias=bias)
+    for path in PATHS:
+        for t in THREADS:
+            y = engine.conv2d(x, bits, tapsum, path=path, num_threads=t, **kw)
+            r = (rng.standard_normal(y.shape) * 3).astype(np.float32)
+            want = (torch.from_numpy(y) + torch.from_numpy(r)).numpy()
+            got = engine.conv2d(x, bits, tapsum, residual=r, path=path, num_threads=t, **kw)
+            np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+            # in place into the residual's own buffer
+            r2 = r.copy()
+            res = engine.conv2d(x, bits, tapsum, residual=r2, out=r2, path=path, num_threads=t, **kw)
+            assert res.ctypes.data == r2.ctypes.data
+            np.testing.assert_array_equal(r2.view(np.int32), want.view(np.int32))
+
+
+def test_conv_residual_and_out_are_checked():
+    x = np.zeros((1, 4, 5, 5), np.float32)
+    bits, tapsum = engine.pack_conv_weight(np.ones((2, 4, 3, 3), np.float32))
+    good = np.zeros((1, 2, 5, 5), np.float32)
+    for bad in (np.zeros((1, 2, 5, 4), np.float32), np.zeros((1, 2, 5, 5), np.float64),
+                np.zeros((1, 2, 5, 10), np.float32)[..., ::2]):
+        with pytest.raises(ValueError):
+            engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1, residual=bad)
+        with pytest.raises(ValueError):
+            engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1, out=bad)
+    with pytest.raises(ValueError):
+        engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1, residual=good, accumulate=True)
+    with pytest.raises(ValueError):  # out may not overlap the input
+        engine._C.conv2d(x, bits, tapsum, 1, (3, 3), (1, 1), (1, 1), (1, 1), (5, 5), None, None, None, False,
+                         "auto", 1, None, None, x[:, :2])
+
+
+POOL_CASES = [(1, 64, 112, 112, 3, 2, 1), (2, 5, 9, 11, 3, 2, 1), (1, 3, 7, 8, 2, 2, 0), (1, 4, 10, 10, 3, 1, 1),
+              (1, 2, 6, 9, (2, 3), (1, 2), (1, 1)), (1, 3, 5, 5, 1, 1, 0), (1, 2, 9, 13, 3, 3, 0)]
+
+
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_pools_are_torch_bit_for_bit(case):
+    n, c, h, w, k, s, p = case
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(h * w)
+    for trial in range(6):
+        x = torch.randn(n, c, h, w, generator=g) * 10.0 ** (trial - 3)
+        if trial % 3 == 0:
+            x[0, 0, 0, 1] = float("nan")
+            x[-1, -1, -1, -1] = float("-inf")
+        if trial % 2 == 1:
+            x[..., ::2, :] = -0.0
+        for path in PATHS:
+            for t in THREADS:
+                got = torch.from_numpy(engine.max_pool2d(x, k, s, p, path=path, num_threads=t))
+                want = F.max_pool2d(x, k, s, p)
+                assert torch.equal(got.isnan(), want.isnan())
+                assert torch.equal(got.nan_to_num(0.5), want.nan_to_num(0.5))
+                got = torch.from_numpy(engine.avg_pool2d(x, k, s, path=path, num_threads=t))
+                want = F.avg_pool2d(x, k, s)
+                assert torch.equal(got.nan_to_num(0.5).view(torch.int32), want.nan_to_num(0.5).view(torch.int32))
+
+
 def test_conv_asymmetric_padding_via_out_size():
     # padding (top, left) = (0, 1) with an explicit output size: the right column is padding too
     rng = np.random.default_rng(9)

@@ -4,6 +4,8 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -110,6 +112,68 @@ void test_conv(std::mt19937& rng, Path path) {
       bool ok = true;
       for (size_t i = 0; i < y.size(); ++i) ok &= y[i] == static_cast<float>(ref[i]) * 0.5f + 0.25f;
       check(ok, "conv2d float epilogue", path_name(path));
+      // fused residual add: (acc * s + b) + r, separately into a new buffer and in place into r
+      std::vector<float> r = randoms(rng, y.size()), yr(y.size()), rin = r;
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), yr.data(),
+             nullptr, path, nt, r.data());
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), rin.data(),
+             nullptr, path, nt, rin.data());
+      ok = true;
+      for (size_t i = 0; i < y.size(); ++i) {
+        const float want = y[i] + r[i];
+        ok &= yr[i] == want && rin[i] == want;
+      }
+      check(ok, "conv2d fused residual", path_name(path));
+    }
+  }
+}
+
+// pools against direct references (torch's semantics: first max in row-major order, NaN wins;
+// average = ((0 + x00) + x01 + ...) / (KH KW))
+void test_pools(std::mt19937& rng, Path path) {
+  const int64_t cases[][7] = {{5, 112, 112, 3, 2, 1, 0}, {3, 9, 11, 3, 2, 1, 0}, {2, 7, 8, 2, 2, 0, 1},
+                              {2, 10, 10, 3, 1, 1, 0}, {3, 9, 13, 3, 3, 0, 1}, {2, 56, 56, 2, 2, 0, 1},
+                              {1, 5, 5, 1, 1, 0, 1}, {2, 17, 33, 2, 2, 0, 1}};
+  for (const auto& c : cases) {
+    const int64_t P = c[0], H = c[1], W = c[2], K = c[3], S = c[4], Pd = c[5];
+    const int64_t OH = (H + 2 * Pd - K) / S + 1, OW = (W + 2 * Pd - K) / S + 1;
+    std::vector<float> x = randoms(rng, P * H * W);
+    x[3] = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> mx(P * OH * OW), ref_m(P * OH * OW);
+    for (int64_t pl = 0; pl < P; ++pl)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          float m = -std::numeric_limits<float>::infinity();
+          for (int64_t kh = 0; kh < K; ++kh)
+            for (int64_t kx = 0; kx < K; ++kx) {
+              const int64_t ih = oh * S - Pd + kh, iw = ow * S - Pd + kx;
+              if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+              const float v = x[(pl * H + ih) * W + iw];
+              if (v > m || v != v) m = v;
+            }
+          ref_m[(pl * OH + oh) * OW + ow] = m;
+        }
+    for (int nt : {1, 2}) {
+      maxpool2d(x.data(), P, H, W, K, K, S, S, Pd, Pd, OH, OW, mx.data(), path, nt);
+      bool ok = true;
+      for (size_t i = 0; i < mx.size(); ++i) ok &= (mx[i] == ref_m[i]) || (mx[i] != mx[i] && ref_m[i] != ref_m[i]);
+      check(ok, "maxpool2d", path_name(path));
+    }
+    if (c[6]) {
+      std::vector<float> av(P * OH * OW), ref_a(P * OH * OW);
+      x[3] = 1.0f;
+      for (int64_t pl = 0; pl < P; ++pl)
+        for (int64_t oh = 0; oh < OH; ++oh)
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            float s = 0.0f;
+            for (int64_t kh = 0; kh < K; ++kh)
+              for (int64_t kx = 0; kx < K; ++kx) s += x[(pl * H + oh * S + kh) * W + ow * S + kx];
+            ref_a[(pl * OH + oh) * OW + ow] = 0.0f + s / static_cast<float>(K * K);
+          }
+      for (int nt : {1, 2}) {
+        avgpool2d(x.data(), P, H, W, K, K, S, S, OH, OW, av.data(), path, nt);
+        check(std::memcmp(av.data(), ref_a.data(), av.size() * sizeof(float)) == 0, "avgpool2d", path_name(path));
+      }
     }
   }
 }
@@ -156,6 +220,7 @@ int main() {
     std::printf("path %s\n", path_name(path));
     test_bgemm(rng, path);
     test_conv(rng, path);
+    test_pools(rng, path);
   }
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "OK", failures);
   return failures ? 1 : 0;

@@ -186,13 +186,16 @@ def split_weights(wbits, kw: int) -> np.ndarray:
 
 def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=0, dilation=1,
            out_size: Optional[Sequence[int]] = None, shift=None, scale=None, bias=None,
-           accumulate: bool = False, wsplit=None, path: Optional[str] = None,
+           accumulate: bool = False, wsplit=None, residual=None, out=None, path: Optional[str] = None,
            num_threads: Optional[int] = None) -> np.ndarray:
     """Binary convolution of float32 NCHW ``x`` (any strides) against packed weights.
 
     Activations are binarized as x + shift[c] >= 0.  ``padding`` is (top, left); the output size
     defaults to the symmetric-padding size.  Returns float32 NCHW ``acc * scale[f] + bias[f]``, or
     with ``accumulate=True`` the exact int32 accumulators (padded taps contribute 0).
+    ``residual`` (C-contiguous float32, the output's shape) is added in the epilogue, rounded as
+    ``(acc * scale + bias) + residual`` computed in two steps; ``out`` (same kind of array, it may
+    be the residual itself, not the input) receives the result in place of a new array.
     """
     xa = as_f32(x, contiguous=False)
     if xa.ndim != 4:
@@ -206,9 +209,32 @@ def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=
                     (xa.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
     oh, ow = _pair(out_size)
     ws = None if wsplit is None else as_u64(wsplit)
+    res = None if residual is None else (residual.detach().numpy() if isinstance(residual, torch.Tensor) else residual)
+    o = None if out is None else (out.detach().numpy() if isinstance(out, torch.Tensor) else out)
     return _C.conv2d(xa, as_u64(wbits), np.ascontiguousarray(tapsum, dtype=np.int32), int(groups), (kh, kw),
                      (sh, sw), (ph, pw), (dh, dw), (oh, ow), _opt_f32(shift), _opt_f32(scale), _opt_f32(bias),
-                     bool(accumulate), _resolve(path), _threads(num_threads), ws)
+                     bool(accumulate), _resolve(path), _threads(num_threads), ws, res, o)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, *, path: Optional[str] = None,
+               num_threads: Optional[int] = None) -> np.ndarray:
+    """Max pooling of float32 NCHW ``x``, bit for bit torch's max_pool2d (no dilation, floor mode)."""
+    xa = as_f32(x)
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    ph, pw = _pair(padding)
+    oh, ow = (xa.shape[2] + 2 * ph - kh) // sh + 1, (xa.shape[3] + 2 * pw - kw) // sw + 1
+    return _C.maxpool2d(xa, (kh, kw), (sh, sw), (ph, pw), (oh, ow), _resolve(path), _threads(num_threads))
+
+
+def avg_pool2d(x, kernel_size, stride=None, *, path: Optional[str] = None,
+               num_threads: Optional[int] = None) -> np.ndarray:
+    """Average pooling of float32 NCHW ``x`` without padding, bit for bit torch's avg_pool2d."""
+    xa = as_f32(x)
+    kh, kw = _pair(kernel_size)
+    sh, sw = _pair(kernel_size if stride is None else stride)
+    oh, ow = (xa.shape[2] - kh) // sh + 1, (xa.shape[3] - kw) // sw + 1
+    return _C.avgpool2d(xa, (kh, kw), (sh, sw), (oh, ow), _resolve(path), _threads(num_threads))
 
 
 def linear(x, wbits, k: int, *, shift=None, scale=None, bias=None, accumulate: bool = False,

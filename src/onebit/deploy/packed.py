@@ -153,13 +153,17 @@ class _Packed(nn.Module):
     def _arrays(self, path: str) -> dict:
         """NumPy views of the buffers for the engine (and the nibble-split weights where ``path``
         reads them); rebuilt when a buffer is replaced or modified in place (load_state_dict,
-        fold_bn, .to())."""
-        bufs = tuple(self._buffers.values())
-        key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in bufs)
+        fold_bn, .to()).  The key is (id, version) per buffer; the cache holds the buffers
+        themselves, so no id can be reused while it is cached."""
+        key = [0] * (2 * len(self._buffers))
+        for i, t in enumerate(self._buffers.values()):
+            if t is not None:
+                key[2 * i], key[2 * i + 1] = id(t), t._version
         cache = self._cache
         if cache.get("key") != key:
             cache.clear()
             cache["key"] = key
+            cache["refs"] = tuple(self._buffers.values())
             cache["bits"] = engine.as_u64(self.weight_bits)
             cache["scale"] = engine.as_f32(self.scale)
             cache["bias"] = engine.as_f32(self.bias)
@@ -215,7 +219,21 @@ class PackedBinaryConv2d(_Packed):
         self.kernel_size, self.stride, self.dilation = tuple(kernel_size), tuple(stride), tuple(dilation)
         self.padding = padding if isinstance(padding, str) else tuple(padding)
         self._init_buffers(weight_bits, scale, bias, shift)
-        self.register_buffer("tapsum", torch.from_numpy(np.ascontiguousarray(tapsum, dtype=np.int32)).clone())
+        # derived from weight_bits: not in the state dict, recomputed by load_state_dict
+        self.register_buffer("tapsum", torch.from_numpy(np.ascontiguousarray(tapsum, dtype=np.int32)).clone(),
+                             persistent=False)
+        self._plans: dict = {}  # input shape -> geometry (not state: depends on the input only)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        taps, cg = self.kernel_size[0] * self.kernel_size[1], self.in_channels // self.groups
+        wpt = (cg + 63) // 64
+        bits = self.weight_bits.detach().cpu().contiguous()
+        if bits.dim() == 2 and bits.shape[0] == self.out_channels and bits.shape[1] >= taps * wpt:
+            # tapsum[f, tap] = (+1 bits) - (-1 bits) = 2 popcount - Cg (unused bits are 0)
+            words = bits[:, :taps * wpt].numpy().view(np.uint8).reshape(self.out_channels, taps, wpt * 8)
+            ones = np.unpackbits(words, axis=-1).sum(-1, dtype=np.int32)
+            self.tapsum = torch.from_numpy(2 * ones - cg).to(self.tapsum.device)
 
     @classmethod
     def from_layer(cls, layer: BinaryConv2d, name: str = "") -> "PackedBinaryConv2d":
@@ -261,19 +279,54 @@ class PackedBinaryConv2d(_Packed):
                              f"(dilation {self.dilation}, padding {self.padding})")
         return tuple(pads), (oh, ow)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """y = acc * scale + bias, plus ``residual`` (a tensor of y's shape) if given.
+
+        With a float32 CPU input and a C-contiguous float32 CPU residual that needs no gradient, the
+        add is fused into the engine's epilogue, rounded exactly as ``forward(x) + residual``;
+        otherwise it is that very expression."""
+        shape = x.shape
+        plan = self._plans.get(shape) if x.dtype is torch.float32 else None
+        if plan is None:
+            plan = self._plan(x)
+            if plan is None:  # empty batch
+                y = torch.zeros((0, self.out_channels, *self._geometry(shape[2], shape[3])[1]),
+                                dtype=torch.float32, device=x.device)
+                return y if residual is None else _output(y, x) + residual
+        path = engine._default_path
+        a = self._arrays(path)
+        xa = x.numpy() if (x.dtype is torch.float32 and x.device.type == "cpu" and not x.requires_grad) \
+            else _input_array(x)
+        nt = engine._num_threads or engine.get_num_threads()
+        if residual is not None:
+            if (x.dtype is torch.float32 and residual.dtype is torch.float32
+                    and residual.device.type == "cpu" and not residual.requires_grad
+                    and residual.shape == plan[-1] and residual.is_contiguous()):
+                y = engine._C.conv2d(xa, a["bits"], a["tapsum"], self.groups, self.kernel_size, self.stride,
+                                     plan[0], self.dilation, plan[1], a["shift"], a["scale"], a["bias"], False, path,
+                                     nt, a.get("wsplit"), residual.numpy())
+                y = torch.from_numpy(y)
+                return y if x.device.type == "cpu" else _output(y, x)
+            return self.forward(x) + residual
+        y = torch.from_numpy(engine._C.conv2d(xa, a["bits"], a["tapsum"], self.groups, self.kernel_size,
+                                              self.stride, plan[0], self.dilation, plan[1], a["shift"], a["scale"],
+                                              a["bias"], False, path, nt, a.get("wsplit")))
+        return y if x.dtype is torch.float32 and x.device.type == "cpu" else _output(y, x)
+
+    def _plan(self, x: torch.Tensor):
+        """(pads, out_size, output shape) for x's shape, checked once per shape; None for an empty batch."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"PackedBinaryConv2d expects inputs (N, {self.in_channels}, H, W), "
                              f"got shape {tuple(x.shape)}")
         pads, out_size = self._geometry(x.shape[2], x.shape[3])
         if x.shape[0] == 0:
-            return torch.zeros((0, self.out_channels, *out_size), dtype=torch.float32, device=x.device)
-        path = engine.get_path()
-        a = self._arrays(path)
-        y = engine._C.conv2d(_input_array(x), a["bits"], a["tapsum"], self.groups, self.kernel_size, self.stride,
-                             pads, self.dilation, out_size, a["shift"], a["scale"], a["bias"], False, path,
-                             engine.get_num_threads(), a.get("wsplit"))
-        return _output(torch.from_numpy(y), x)
+            return None
+        plan = (pads, out_size, torch.Size((x.shape[0], self.out_channels, *out_size)))
+        if x.dtype is torch.float32:
+            if len(self._plans) > 16:
+                self._plans.clear()
+            self._plans[x.shape] = plan
+        return plan
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -368,6 +421,66 @@ def _fold_pairs(model: nn.Module) -> int:
     return n
 
 
+def _fused_unit_class():
+    """PackedBinaryUnit: a BinaryUnit whose folded packed conv adds the shortcut in its epilogue."""
+    from ..models.blocks import BinaryUnit
+
+    class PackedBinaryUnit(BinaryUnit):
+        """act(conv(x) + shortcut(x)) with the BatchNorm folded into the packed conv: the residual
+        add runs in the engine's epilogue (same rounding as the separate add).  Same children and
+        state_dict as the BinaryUnit it replaces; falls back to BinaryUnit.forward otherwise."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            conv = self.conv
+            if type(conv) is PackedBinaryConv2d and type(self.bn) is nn.Identity:
+                sc = self.shortcut
+                y = conv(x, residual=x if type(sc) is nn.Identity else sc(x))
+                return y if type(self.act) is nn.Identity else self.act(y)
+            return BinaryUnit.forward(self, x)
+
+    PackedBinaryUnit.__qualname__ = "PackedBinaryUnit"
+    PackedBinaryUnit.__module__ = __name__
+    return PackedBinaryUnit
+
+
+_FUSED_UNIT = None
+
+
+def _fuse_units(model: nn.Module) -> int:
+    """Give every BinaryUnit whose BatchNorm was folded into its packed conv the fused forward
+    (class swap: modules, names and state_dict unchanged).  Returns the number fused."""
+    global _FUSED_UNIT
+    from ..models.blocks import BinaryUnit
+    if _FUSED_UNIT is None:
+        _FUSED_UNIT = _fused_unit_class()
+    n = 0
+    for m in model.modules():
+        if (type(m) is BinaryUnit and type(m._modules.get("conv")) is PackedBinaryConv2d
+                and type(m._modules.get("bn")) is nn.Identity):
+            m.__class__ = _FUSED_UNIT
+            n += 1
+    return n
+
+
+def _swap_pools(model: nn.Module) -> int:
+    """Replace nn.MaxPool2d / nn.AvgPool2d by their exact, faster stand-ins (deploy.pool) where
+    they reproduce them bit for bit (no parameters or buffers: the state_dict is unchanged)."""
+    from .pool import ExactAvgPool2d, SeparableMaxPool2d, avg_supported, separable_supported
+    n = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if child is None:
+                continue
+            if separable_supported(child):
+                parent._modules[name] = SeparableMaxPool2d.from_pool(child)
+            elif avg_supported(child):
+                parent._modules[name] = ExactAvgPool2d.from_pool(child)
+            else:
+                continue
+            n += 1
+    return n
+
+
 def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False) -> nn.Module:
     """A copy of ``model`` (eval mode) with every packable binary layer replaced by its packed twin.
 
@@ -376,7 +489,11 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False) -> n
     ValueError (naming the layer) if the model or a binary layer is in training mode.
     ``fold_bn=True`` also folds eval BatchNorms that directly follow a packed layer (BinaryUnit,
     BiFC, nn.Sequential neighbours) into its scale and bias and replaces them by nn.Identity.
-    ``inplace=True`` modifies ``model`` itself instead of a deep copy.
+    ``inplace=True`` modifies ``model`` itself instead of a deep copy.  The copy also computes
+    faster where it can do so exactly: nn.MaxPool2d and nn.AvgPool2d become the engine's pools
+    (deploy.pool: the same tensors, bit for bit), and
+    with ``fold_bn=True`` a BinaryUnit whose BatchNorm was folded adds its shortcut in the packed
+    conv's epilogue (same rounding as the separate add; same modules and state_dict).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"pack expects an nn.Module, got {type(model).__name__}")
@@ -406,4 +523,6 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False) -> n
             parent._modules[child_name] = packed
     if fold_bn:
         _fold_pairs(out)
+        _fuse_units(out)
+    _swap_pools(out)
     return out
