@@ -43,12 +43,33 @@ def cmd_train(args) -> int:
     return 0
 
 
-def load_for_eval(spec: str):
-    """(model, meta) from a checkpoint path or zoo:NAME."""
+def is_packed_spec(spec: str) -> bool:
+    """True for a packed model file (told by its header; a missing or unreadable .safetensors /
+    .onebit path also counts, so that the packed loader says what is wrong with it)."""
+    from pathlib import Path
+    from .deploy.file import sniff
+    if spec.startswith("zoo:"):
+        return False
+    return sniff(spec) == "packed" if Path(spec).is_file() else Path(spec).suffix in (".safetensors", ".onebit")
+
+
+def load_for_eval(spec: str, packed: bool = False):
+    """(model, meta) from a checkpoint path or zoo:NAME; with ``packed``, also a packed file."""
     from .train.checkpoint import load_model
     if spec.startswith("zoo:"):
         from . import zoo
         return zoo.load_with_meta(spec[4:])
+    if is_packed_spec(spec):
+        if not packed:
+            raise ValueError(f"{spec} is a packed model file (inference only); this command needs a checkpoint "
+                             f"or zoo:NAME")
+        from .deploy import load_with_meta
+        model, meta = load_with_meta(spec)
+        lacking = [k for k in ("class_names", "mean", "std", "input_size") if k not in meta]
+        if lacking:
+            raise ValueError(f"{spec} has no {', '.join(lacking)} (packed from a bare registry model); "
+                             f"pack a checkpoint or zoo:NAME to evaluate it")
+        return model, meta
     return load_model(spec)
 
 
@@ -73,7 +94,7 @@ def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: boo
 def cmd_eval(args) -> int:
     import json
     from .train.evaluate import confusion_text, evaluate
-    model, meta = load_for_eval(args.checkpoint)
+    model, meta = load_for_eval(args.checkpoint, packed=True)
     loader = eval_loader(args.data, args.split, meta, args.batch_size)
     res = evaluate(model, loader, list(meta["class_names"]))
     res = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split, **res}
@@ -106,7 +127,27 @@ def cmd_demo(args) -> int:
     m = res["metrics"]
     print(f"validation top-1 {m['final_val_top1']:.2f}% (best {m['best_val_top1']:.2f}%) on {res['n_val']} held-out "
           f"images after {res['epochs']} epochs, {res['wall_time_s']:.0f} s")
+    demo_pack(out)
     return 0
+
+
+def demo_pack(run) -> None:
+    """The demo's last step: pack the trained model, save it, time it against float32 PyTorch."""
+    from pathlib import Path
+    from . import deploy
+    from .deploy.bench import quick_speedup
+    from .train.checkpoint import load_model
+    from .train.evaluate import evaluate
+    model, meta = load_model(Path(run) / "last.pt")
+    path = deploy.save(model, Path(run) / "model.packed.safetensors", meta=meta, force=True)
+    packed = deploy.load(path)
+    size, fp32 = path.stat().st_size, deploy.float32_bytes(model)
+    top1 = evaluate(packed, eval_loader("sample", "val", meta, 256), list(meta["class_names"]))["top1"]
+    t = quick_speedup(model, packed, tuple(meta["input_size"]))
+    print(f"packed -> {path}: {size:,} bytes, {fp32 / size:.1f}x smaller than the float32 weights ({fp32:,} bytes); "
+          f"packed validation top-1 {top1:.2f}%")
+    print(f"batch-1 latency on this CPU ({t['threads']} threads): float32 PyTorch {t['float32_ms']:.2f} ms, packed "
+          f"{t['packed_ms']:.2f} ms: {t['speedup']:.1f}x faster")
 
 
 def cmd_landscape(args) -> int:
@@ -230,6 +271,121 @@ def cmd_indicators(args) -> int:
     return 0
 
 
+def load_for_pack(spec: str):
+    """(model, meta, registry name, config) from a checkpoint, zoo:NAME or registry name."""
+    from pathlib import Path
+    from .models import create_model
+    from .models.registry import _MODELS
+    if not spec.startswith("zoo:") and Path(spec).is_file() and is_packed_spec(spec):
+        raise ValueError(f"{spec} is already a packed file; pack its checkpoint instead")
+    if spec.startswith("zoo:") or Path(spec).is_file() or Path(spec).suffix in (".pt", ".pth"):
+        model, meta = load_for_eval(spec)
+        return model, dict(meta), meta["model"], dict(meta.get("model_kwargs", {}))
+    if spec not in _MODELS:
+        create_model(spec)  # raises: unknown model, with suggestions
+        raise ValueError(f"{spec!r} is neither a checkpoint nor a registry model name")
+    model = create_model(spec).eval()
+    return model, {"input_size": list(default_size(model))}, spec, {}
+
+
+def cmd_pack(args) -> int:
+    import json
+    from pathlib import Path
+    import torch
+    from . import deploy
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'model.packed.safetensors'}")
+    if out.exists() and not args.force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    model, meta, name, config = load_for_pack(args.model)
+    if args.data and "class_names" not in meta:
+        raise ValueError("--data needs a checkpoint or zoo:NAME (a bare registry model has no classes)")
+    packed = deploy.pack(model, fold_bn=args.fold_bn)
+    int8 = deploy.quantize_int8(packed) if args.int8_first_last else []
+    deploy.save(packed, out, name=name, config=config, fold_bn=args.fold_bn, meta=meta, force=args.force)
+    # verify: the file gives the in-memory packed model's logits
+    size = tuple(meta.get("input_size") or default_size(model))
+    x = torch.randn(4, *size, generator=torch.Generator().manual_seed(0))
+    reloaded = deploy.load(out)
+    with torch.no_grad():
+        want, got, ref = packed(x), reloaded(x), model(x)
+    if not torch.equal(want, got):
+        out.unlink()
+        raise ValueError(f"verification failed: {out} gives other logits than the packed model "
+                         f"(max diff {float((want - got).abs().max()):.3g}); file removed")
+    res = {"model": args.model, "registry_name": name, "out": str(out), "fold_bn": args.fold_bn, "int8_layers": int8,
+           "file_bytes": out.stat().st_size, "theoretical_bytes": deploy.theoretical_bytes(model, tuple(int8)),
+           "float32_bytes": deploy.float32_bytes(model), "max_abs_diff_vs_float32": float((got - ref).abs().max())}
+    res["ratio_to_theoretical"] = res["file_bytes"] / res["theoretical_bytes"]
+    res["compression_vs_float32"] = res["float32_bytes"] / res["file_bytes"]
+    if Path(args.model).is_file():
+        res["checkpoint_bytes"] = Path(args.model).stat().st_size
+    if args.data:
+        from .train.evaluate import evaluate
+        loader = eval_loader(args.data, args.split, meta, args.batch_size)
+        res["top1_float32"] = evaluate(model, loader, list(meta["class_names"]))["top1"]
+        res["top1_packed"] = evaluate(reloaded, loader, list(meta["class_names"]))["top1"]
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    opts = ("fold_bn" if args.fold_bn else "no fold_bn") + (f", int8 {', '.join(int8)}" if int8 else "")
+    print(f"packed {args.model} ({name}, {opts}) -> {out}")
+    print(f"  size on disk      {res['file_bytes']:>12,} bytes")
+    print(f"  theoretical       {res['theoretical_bytes']:>12,} bytes  (1 bit per binary weight + real parameters and "
+          f"buffers; file is {res['ratio_to_theoretical']:.3f}x)")
+    print(f"  float32 weights   {res['float32_bytes']:>12,} bytes  ({res['compression_vs_float32']:.1f}x larger than "
+          f"the packed file)")
+    if "checkpoint_bytes" in res:
+        print(f"  checkpoint file   {res['checkpoint_bytes']:>12,} bytes  (with optimizer state)")
+    print(f"  verified: reloaded file gives identical logits on a random batch of 4 "
+          f"(max |packed - float32| {res['max_abs_diff_vs_float32']:.2g})")
+    if args.data:
+        print(f"  top-1 on {args.data} [{args.split}]: float32 {res['top1_float32']:.2f}%, packed"
+              f"{' with int8 first/last' if int8 else ''} {res['top1_packed']:.2f}% "
+              f"({res['top1_packed'] - res['top1_float32']:+.2f} points)")
+    return 0
+
+
+def positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def cmd_bench(args) -> int:
+    import re
+    from pathlib import Path
+    from .deploy import bench
+    if args.quick:
+        args.repeats, args.warmup = min(args.repeats, 2), 0
+        args.batch, args.threads = args.batch or [1], args.threads or [1]
+    batches, threads = args.batch or [1, 32], args.threads or [1, 2]
+    if args.layer:
+        if args.model or not args.shape:
+            raise ValueError("--layer needs --shape (conv: C_IN,C_OUT,H,W[,K,STRIDE]; linear: M,K,N) and no MODEL")
+        tag = f"layer_{args.layer}_{args.shape.replace(',', 'x')}"
+        res = bench.bench_layer(args.layer, args.shape, batches, threads, args.repeats, args.warmup, log=print)
+    else:
+        if not args.model:
+            raise ValueError("bench needs a MODEL (registry name, zoo:NAME, checkpoint or packed file) or --layer")
+        if not args.model.startswith("zoo:") and Path(args.model).suffix and not Path(args.model).exists():
+            raise ValueError(f"{args.model} does not exist")
+        tag = Path(args.model.removeprefix("zoo:")).name.split(".")[0]
+        res = bench.bench_model(args.model, batches, threads, parse_size(args.input_size), args.repeats, args.warmup,
+                                per_layer=not args.no_layers, log=print)
+    out = Path(args.out or f"results/bench_{re.sub(r'[^A-Za-z0-9_.-]', '_', tag)}.json")
+    print()
+    print(bench.format_result(res, layer_rows=10))
+    paths = bench.write_result(res, out)
+    print(f"-> {paths[0]}, {paths[1]}")
+    return 0
+
+
 def cmd_zoo_add(args) -> int:
     from . import zoo
     path = zoo.add(args.checkpoint, args.name)
@@ -313,6 +469,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--name", required=True, help="zoo name, after the recipe: e.g. reste_resnet20_cifar10")
     p.set_defaults(fn=cmd_zoo_add)
+    p = sub.add_parser("pack", help="pack a model's binary weights into bits and write the packed file")
+    p.add_argument("model", help="checkpoint path, zoo:NAME, or a registry name (random weights, for benchmarks)")
+    p.add_argument("--out", required=True, help="packed file to write (e.g. model.packed.safetensors)")
+    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=False,
+                   help="fold BatchNorms after binary layers into their scale and bias and fuse the residual add: "
+                        "faster, but float rounding moves by ~1e-7 and can flip a sign near 0 (default: no fold, "
+                        "bit-identical to the model)")
+    p.add_argument("--int8-first-last", action="store_true",
+                   help="also quantize the first and last real-valued layers to int8 (per output channel)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--data", help="also evaluate float32 and packed on image folder ROOT or 'sample'")
+    p.add_argument("--split", default="val")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(fn=cmd_pack)
+    p = sub.add_parser("bench", help="latency of the packed model (or one layer) against float32 PyTorch")
+    p.add_argument("model", nargs="?", help="registry name, zoo:NAME, checkpoint or packed file")
+    p.add_argument("--batch", type=positive, nargs="+", help="batch sizes (default 1 32)")
+    p.add_argument("--threads", type=positive, nargs="+", help="thread counts (default 1 2)")
+    p.add_argument("--input-size", help="C,H,W (default: the model's own)")
+    p.add_argument("--repeats", type=positive, default=5, help="timed passes per measurement (median)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    p.add_argument("--layer", choices=["conv", "linear"], help="time one layer instead of a model")
+    p.add_argument("--shape", help="--layer conv: C_IN,C_OUT,H,W[,K,STRIDE]; --layer linear: M,K,N")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
+    p.add_argument("--quick", action="store_true", help="batch 1, 1 thread, at most 2 repeats, no warm-up")
+    p.add_argument("--out", help="JSON result (default results/bench_NAME.json; Markdown beside it)")
+    p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("demo", help="the main job on the embedded default data")
     p.add_argument("--out", help="run directory (default runs/demo-<time>)")
     p.add_argument("--epochs", type=int, help="override the demo's epochs")

@@ -22,13 +22,15 @@ import torch
 import torch.nn as nn
 
 
-def save_atomic(obj: dict, path) -> None:
+def write_atomic(path, write) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``:
+    a reader sees the old file or the whole new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,6 +38,10 @@ def save_atomic(obj: dict, path) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj: dict, path) -> None:
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load(path) -> dict:

@@ -1,0 +1,66 @@
+"""Packed engine vs the PyTorch model on every image of a validation split.
+
+    python benchmarks/pack_exactness.py CHECKPOINT|zoo:NAME [...] [--data sample|ROOT] [--split val]
+
+For each model, packed without and with BN folding: how many images get a different top-1
+prediction, the largest logit difference relative to the largest logit of that image, and whether
+the logits are bit-identical.  Appends to results/pack_exactness.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from onebit.cli import eval_loader, load_for_eval
+from onebit.deploy import cpu_features, get_path, pack
+
+
+def compare(spec: str, data: str, split: str) -> dict:
+    model, meta = load_for_eval(spec)
+    packed = {fold: pack(model, fold_bn=fold) for fold in (False, True)}
+    stats = {fold: {"images": 0, "prediction_mismatches": 0, "max_rel_logit_error": 0.0, "bit_identical": True}
+             for fold in packed}
+    with torch.no_grad():
+        for x, _ in eval_loader(data, split, meta, 250):
+            ref = model(x)
+            for fold, p in packed.items():
+                out, s = p(x), stats[fold]
+                rel = (out - ref).abs().amax(1) / ref.abs().amax(1).clamp_min(1e-30)
+                s["images"] += len(x)
+                s["prediction_mismatches"] += int((out.argmax(1) != ref.argmax(1)).sum())
+                s["max_rel_logit_error"] = max(s["max_rel_logit_error"], float(rel.max()))
+                s["bit_identical"] &= bool(torch.equal(out, ref))
+    return {"model": spec, "registry_name": meta.get("model"), "data": data, "split": split,
+            "unfolded": stats[False], "fold_bn": stats[True]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--data", default="sample")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "pack_exactness.json"))
+    args = ap.parse_args(argv)
+    rows = []
+    for spec in args.models:
+        row = compare(spec, args.data, args.split)
+        rows.append(row)
+        for kind in ("unfolded", "fold_bn"):
+            s = row[kind]
+            print(f"{spec} [{kind}]: {s['images']} images, {s['prediction_mismatches']} different predictions, "
+                  f"max relative logit error {s['max_rel_logit_error']:.2e}, bit-identical {s['bit_identical']}")
+    out = Path(args.out)
+    old = json.loads(out.read_text()) if out.is_file() else []
+    old.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "engine_path": get_path(),
+                "cpu_features": cpu_features(), "command": " ".join(["python", *sys.argv]), "results": rows})
+    out.write_text(json.dumps(old, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

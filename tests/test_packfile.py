@@ -1,0 +1,391 @@
+"""The packed model file (onebit.deploy.save / load), int8 first/last layers, and the pack /
+eval / bench commands."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+import onebit
+from onebit import deploy
+from onebit.cli import main as cli
+from onebit.deploy import PackedBinaryConv2d, PackedFileError
+from onebit.deploy import file as PF
+from onebit.layers import BinaryConv2d
+from onebit.models.registry import _MODELS, register_model
+
+from test_deploy import randomize
+
+
+def saved(tmp_path, name="bireal_resnet20", seed=3, **kwargs):
+    torch.manual_seed(seed)
+    model = randomize(onebit.create_model(name, **kwargs), seed).eval()
+    path = deploy.save(model, tmp_path / f"{name}.onebit")
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """(model, path, bytes) of a small packed bireal_resnet20."""
+    model, path = saved(tmp_path_factory.mktemp("small"))
+    return model, path, path.read_bytes()
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("bireal_resnet20", {}),
+    ("reactnet_resnet20", {}),
+    ("binaryvit_cifar", {"embed_dims": [16, 32, 32, 64], "depths": [1, 1, 1, 1]}),
+])
+def test_round_trip_gives_identical_logits(tmp_path, name, kwargs):
+    model, path = saved(tmp_path, name, **kwargs)
+    packed = deploy.pack(model)  # save packs unfolded by default: bit-identical to the model
+    loaded = deploy.load(path)
+    assert not loaded.training
+    assert sum(isinstance(m, deploy.PackedBinaryConv2d) for m in loaded.modules()) == \
+        sum(isinstance(m, deploy.PackedBinaryConv2d) for m in packed.modules())
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), packed(x))
+        assert torch.equal(loaded(x), model(x))
+    info = deploy.read_info(path)
+    assert info["model"] == name and info["pack"] == {"fold_bn": False, "int8_layers": []}
+
+
+def test_already_packed_model_and_no_fold(tmp_path):
+    torch.manual_seed(0)
+    model = randomize(onebit.create_model("reactnet_resnet20"), 1).eval()
+    packed = deploy.pack(model, fold_bn=False)
+    path = deploy.save(packed, tmp_path / "p.onebit")  # fold_bn found by rebuilding
+    assert deploy.read_info(path)["pack"]["fold_bn"] is False
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(deploy.load(path)(x), packed(x))
+
+
+def test_tapsum_is_derived_not_stored(small):
+    model, path, _ = small
+    packed = deploy.pack(model, fold_bn=True)
+    assert not any(k.endswith("tapsum") for k in packed.state_dict())
+    loaded = deploy.load(path)
+    pairs = [(a, b) for a, b in zip(packed.modules(), loaded.modules()) if isinstance(a, PackedBinaryConv2d)]
+    assert pairs and all(torch.equal(a.tapsum, b.tapsum) for a, b in pairs)
+
+
+def test_file_is_standard_safetensors(small):
+    from safetensors import safe_open
+    model, path, _ = small
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        assert meta["format"] == "onebit.packed" and meta["format_version"] == "1"
+        assert json.loads(meta["model_kwargs"]) == {}
+        bits = [k for k in f.keys() if k.endswith("weight_bits")]
+        assert bits
+    n = int.from_bytes(path.read_bytes()[:8], "little")
+    assert hashlib.sha256(path.read_bytes()[8 + n:]).hexdigest() == meta["sha256_data"]
+
+
+def test_user_model_needs_a_registry_name(tmp_path):
+    def net():
+        return nn.Sequential(BinaryConv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 16, 4))
+
+    torch.manual_seed(0)
+    model = randomize(net()).eval()
+    with pytest.raises(ValueError, match="registry name.*register_model"):
+        deploy.save(model, tmp_path / "a.onebit")
+    assert not (tmp_path / "a.onebit").exists()
+    if "test_packfile_net" not in _MODELS:
+        def test_packfile_net():
+            return net()
+        register_model(test_packfile_net)
+    path = deploy.save(model, tmp_path / "a.onebit", name="test_packfile_net")
+    x = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(deploy.load(path)(x), deploy.pack(model)(x))
+    # a name whose factory builds something else is refused at save time
+    with pytest.raises(ValueError, match="does not match"):
+        deploy.save(model, tmp_path / "b.onebit", name="bireal_resnet20")
+    assert not (tmp_path / "b.onebit").exists()
+
+
+def test_refuses_to_overwrite(tmp_path, small):
+    model, _, _ = small
+    path = tmp_path / "x.onebit"
+    path.write_bytes(b"keep me")
+    with pytest.raises(ValueError, match="exists"):
+        deploy.save(model, path)
+    assert path.read_bytes() == b"keep me"
+    deploy.save(model, path, force=True)
+    assert deploy.load(path) is not None
+    assert sorted(os.listdir(tmp_path)) == ["x.onebit"]  # no temporary file left behind
+
+
+# --- sizes --------------------------------------------------------------------------------------
+
+def test_bireal_resnet18_size_is_near_theoretical(tmp_path):
+    model = onebit.create_model("bireal_resnet18").eval()
+    path = deploy.save(model, tmp_path / "r18.onebit")  # unfolded: BN kept beside scale and bias
+    size, theory, fp32 = path.stat().st_size, deploy.theoretical_bytes(model), deploy.float32_bytes(model)
+    assert size <= 1.05 * theory, (size, theory)
+    assert fp32 / size > 10  # 46.8 MB of float32 weights -> 4.3 MB
+    # the int8 option stores the stem and the classifier at 1 byte per weight
+    p8 = deploy.save(model, tmp_path / "r18i8.onebit", int8_first_last=True, fold_bn=True)
+    assert p8.stat().st_size <= 1.05 * deploy.theoretical_bytes(model, ("stem.0", "fc"))
+    assert p8.stat().st_size < 0.7 * size
+
+
+# --- int8 first / last ----------------------------------------------------------------------
+
+def test_int8_layers_dequantize_exactly():
+    torch.manual_seed(0)
+    lin, conv = nn.Linear(40, 7), nn.Conv2d(3, 5, 3, 2, 1)
+    for layer, x in ((lin, torch.randn(4, 40)), (conv, torch.randn(2, 3, 9, 9))):
+        q = (deploy.Int8Linear if isinstance(layer, nn.Linear) else deploy.Int8Conv2d).from_float(layer)
+        assert q.weight_q.dtype == torch.int8 and q.weight_q.abs().max() == 127
+        w = q.weight_q.float() * q.weight_scale.view(-1, *([1] * (layer.weight.dim() - 1)))
+        assert (w - layer.weight).abs().max() <= q.weight_scale.max() / 2 + 1e-7
+        with torch.no_grad():
+            ref = layer._conv_forward(x, w, layer.bias) if isinstance(layer, nn.Conv2d) else \
+                nn.functional.linear(x, w, layer.bias)
+            assert torch.equal(q(x), ref)
+            assert (q(x) - layer(x)).abs().max() < 0.02 * layer(x).abs().max()
+
+
+def test_int8_first_last_round_trip_and_logits_close(tmp_path):
+    torch.manual_seed(0)
+    model = randomize(onebit.create_model("reactnet_resnet20"), 3).eval()
+    path = deploy.save(model, tmp_path / "i8.onebit", int8_first_last=True)
+    assert deploy.read_info(path)["pack"]["int8_layers"] == ["stem.0", "fc"]
+    loaded = deploy.load(path)
+    kinds = {type(m).__name__ for m in loaded.modules()}
+    assert {"Int8Conv2d", "Int8Linear"} <= kinds
+    x = torch.randn(64, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = model(x), loaded(x)
+    # the stem's rounding flips a few binary activations downstream: close, not equal
+    assert float((out - ref).norm() / ref.norm()) < 0.15
+    assert float((out.argmax(1) == ref.argmax(1)).float().mean()) >= 0.85
+
+
+# --- corrupt files ------------------------------------------------------------------------------
+
+def _split(raw: bytes):
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), raw[8 + n:]
+
+
+def _join(header: dict, data: bytes, forge: bool) -> bytes:
+    """Re-serialise an edited header; ``forge`` recomputes its checksum so the structural checks
+    (not the checksum) must catch the edit."""
+    if forge:
+        header["__metadata__"]["sha256_header"] = PF._header_hash(header)
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + data
+
+
+def edit(fn, forge=True):
+    def mutate(raw):
+        header, data = _split(raw)
+        fn(header)
+        return _join(header, data, forge)
+    return mutate
+
+
+def _first(header, dtype=None):
+    return next(k for k, v in header.items() if k != "__metadata__" and (dtype is None or v["dtype"] == dtype)
+                and v["shape"] and v["shape"][0] > 1)
+
+
+def _set(header, key, field, value):
+    header[key][field] = value
+
+
+def _flip(pos):
+    def mutate(raw):
+        b = bytearray(raw)
+        b[pos(len(raw), int.from_bytes(raw[:8], "little"))] ^= 0x10
+        return bytes(b)
+    return mutate
+
+
+def _insert(raw: bytes, text: bytes) -> bytes:
+    """``text`` inserted at the start of the header object, the header length updated."""
+    n = int.from_bytes(raw[:8], "little") + len(text)
+    return n.to_bytes(8, "little") + raw[8:9] + text + raw[9:]
+
+
+CORRUPTIONS = {
+    "empty": (lambda raw: b"", "empty file"),
+    "truncated_in_length": (lambda raw: raw[:5], "truncated"),
+    "truncated_after_length": (lambda raw: raw[:8], "header length"),
+    "truncated_in_header": (lambda raw: raw[:200], "header length"),
+    "truncated_in_data": (lambda raw: raw[:len(raw) // 2], "header length|data region"),
+    "truncated_last_byte": (lambda raw: raw[:-1], "data region"),
+    "appended_bytes": (lambda raw: raw + b"\0" * 8, "data region"),
+    "appended_one": (lambda raw: raw + b"x", "data region"),
+    "flip_length": (_flip(lambda size, n: 2), "header length"),
+    "flip_header_json": (_flip(lambda size, n: 8 + n // 2), "JSON|checksum|dtype|shape|offsets|tensor|metadata"),
+    "flip_header_brace": (_flip(lambda size, n: 8), "JSON"),
+    "flip_data_first": (_flip(lambda size, n: 8 + n), "data checksum"),
+    "flip_data_last": (_flip(lambda size, n: size - 1), "data checksum"),
+    "dtype_string": (edit(lambda h: _set(h, _first(h, "F32"), "dtype", "I32"), forge=False), "header checksum"),
+    "dtype_forged": (edit(lambda h: _set(h, _first(h, "F32"), "dtype", "I32")), "do not match"),
+    "dtype_unknown": (edit(lambda h: _set(h, _first(h), "dtype", "F128")), "unknown dtype"),
+    "shape": (edit(lambda h: _set(h, _first(h), "shape", [h[_first(h)]["shape"][0] + 1]
+                                  + h[_first(h)]["shape"][1:])), "needs"),
+    "shape_swapped": (edit(lambda h: _set(h, _first(h, "F32"), "shape", [1] + h[_first(h, "F32")]["shape"])),
+                      "do not match"),
+    "shape_negative": (edit(lambda h: _set(h, _first(h), "shape", [-1])), "bad shape"),
+    "offsets_beyond_end": (edit(lambda h: _set(h, _first(h), "data_offsets",
+                                               [x + 10 ** 9 for x in h[_first(h)]["data_offsets"]])), "outside"),
+    "offsets_overlap": (edit(lambda h: [_set(h, k, "data_offsets", [0, v["data_offsets"][1] - v["data_offsets"][0]])
+                                        for k, v in list(h.items())[-2:]]), "overlaps|unused"),
+    "offsets_not_ints": (edit(lambda h: _set(h, _first(h), "data_offsets", [0.0, 8.0])), "bad data_offsets"),
+    "wrong_version": (edit(lambda h: h["__metadata__"].update(format_version="2")), "version"),
+    "wrong_format": (edit(lambda h: h["__metadata__"].update(format="other")), "not an onebit packed file"),
+    "no_metadata": (edit(lambda h: h.pop("__metadata__"), forge=False), "metadata"),
+    "missing_checksum": (edit(lambda h: h["__metadata__"].pop("sha256_data")), "lacks sha256_data"),
+    "bad_config_json": (edit(lambda h: h["__metadata__"].update(pack="{fold_bn")), "expected JSON"),
+    "unknown_model": (edit(lambda h: h["__metadata__"].update(model="no_such_net")), "cannot rebuild"),
+    "other_model": (edit(lambda h: h["__metadata__"].update(model="reactnet_resnet20")), "do not match"),
+    "extra_tensor": (edit(lambda h: h.update(extra={"dtype": "U8", "shape": [0], "data_offsets": [0, 0]})),
+                     "do not match"),
+    "bad_json": (lambda raw: (9).to_bytes(8, "little") + b'{"a": [1,' + raw[17:], "JSON"),
+    "duplicate_key": (lambda raw: _insert(raw, b'"a":1,"a":2,'), "duplicate key"),
+    "nan_in_json": (lambda raw: _insert(raw, b'"a":NaN,'), "NaN is not allowed"),
+    "huge_length": (lambda raw: (2 ** 63).to_bytes(8, "little") + raw[8:], "header length"),
+    "not_packed": (lambda raw: b"PK\x03\x04" + raw[4:], "header length"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_corrupt_file_raises_packed_file_error(tmp_path, small, case):
+    _, _, raw = small
+    mutate, message = CORRUPTIONS[case]
+    bad = mutate(raw)
+    assert bad != raw
+    path = tmp_path / "bad.onebit"
+    path.write_bytes(bad)
+    with pytest.raises(PackedFileError, match=message) as e:
+        deploy.load(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(PackedFileError, match="does not exist"):
+        deploy.load(tmp_path / "nope.onebit")
+    with pytest.raises(PackedFileError, match="directory"):
+        deploy.load(tmp_path)
+    assert issubclass(PackedFileError, ValueError)
+
+
+def test_sniff(tmp_path, small):
+    _, path, raw = small
+    assert PF.sniff(path) == "packed" and PF.is_packed_file(path)
+    ck = tmp_path / "c.pt"
+    torch.save({"model": {}}, ck)
+    assert PF.sniff(ck) == "checkpoint"
+    renamed = tmp_path / "model.bin"
+    renamed.write_bytes(raw)
+    assert PF.sniff(renamed) == "packed"  # by its header, not its name
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def _checkpoint(tmp_path):
+    """A bireal_resnet20 checkpoint as training writes it (random but non-trivial weights)."""
+    from onebit.data.sample import CIFAR10_CLASSES
+    from onebit.train.checkpoint import save_atomic
+    torch.manual_seed(0)
+    model = randomize(onebit.create_model("bireal_resnet20"), 2).eval()
+    meta = {"model": "bireal_resnet20", "model_kwargs": {}, "class_names": list(CIFAR10_CLASSES),
+            "mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.2435, 0.2616], "input_size": [3, 32, 32],
+            "progress": 1.0}
+    path = tmp_path / "best.pt"
+    save_atomic({"model": model.state_dict(), "meta": meta}, path)
+    return path
+
+
+def test_cli_pack_and_eval_packed_file(tmp_path, capsys):
+    ck = _checkpoint(tmp_path)
+    out = tmp_path / "m.packed.safetensors"
+    assert cli(["pack", str(ck), "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["file_bytes"] == out.stat().st_size and res["compression_vs_float32"] > 8  # 16-channel layers waste bits
+    assert cli(["eval", str(ck), "--data", "sample", "--json"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert cli(["eval", str(out), "--data", "sample", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got) == set(ref) and got["n"] == ref["n"] == 1000
+    assert abs(got["top1"] - ref["top1"]) <= 0.5
+    # the file is found by its header whatever its name (a small image folder: quicker than the sample)
+    from test_train import make_folder
+    make_folder(tmp_path / "imgs", ["cat", "dog"])
+    other = tmp_path / "renamed.bin"
+    other.write_bytes(out.read_bytes())
+    assert cli(["eval", str(other), "--data", str(tmp_path / "imgs"), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 6
+    # refuses to overwrite; --force, --no-fold-bn and --int8-first-last with --data
+    assert cli(["pack", str(ck), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert cli(["pack", str(ck), "--out", str(out), "--force", "--no-fold-bn", "--int8-first-last",
+                "--data", str(tmp_path / "imgs"), "--split", "test"]) == 0
+    text = capsys.readouterr().out
+    assert "top-1 on" in text and "int8 stem.0, fc" in text
+    assert deploy.read_info(out)["pack"] == {"fold_bn": False, "int8_layers": ["stem.0", "fc"]}
+
+
+def test_cli_pack_registry_name_and_errors(tmp_path, capsys):
+    out = tmp_path / "r.onebit"
+    assert cli(["pack", "reactnet_resnet20", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "size on disk" in text and "theoretical" in text and "verified" in text
+    assert cli(["pack", "no_such_model", "--out", str(tmp_path / "x.onebit")]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    assert cli(["pack", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onebit")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli(["pack", str(out), "--out", str(tmp_path / "x.onebit")]) == 2
+    assert "already a packed file" in capsys.readouterr().err
+    # eval: a packed file without class names, a missing file, a corrupt file
+    assert cli(["eval", str(out), "--data", "sample"]) == 2
+    assert "class_names" in capsys.readouterr().err
+    assert cli(["eval", str(tmp_path / "missing.onebit"), "--data", "sample"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.onebit"
+    bad.write_bytes(out.read_bytes()[:-3])
+    assert cli(["eval", str(bad), "--data", "sample"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("onebit: error:") and "data region" in err and err.count("\n") == 1
+    assert not (tmp_path / "x.onebit").exists()
+
+
+def test_cli_bench_quick(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli(["bench", "bireal_resnet20", "--quick", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    run = res["runs"][0]
+    assert run["batch"] == 1 and run["threads"] == 1 and run["packed_ms"] > 0 and run["float32_ms"] > 0
+    assert res["twin"] == "resnet20" and run["resnet20_ms"] > 0
+    assert any(v[0] == "PackedBinaryConv2d" for v in run["layers"]["packed"].values())
+    assert out.with_suffix(".md").is_file() and "speed-up" in text
+    # a packed file and the layer mode
+    packed = tmp_path / "r.onebit"
+    deploy.save(onebit.create_model("bireal_resnet20").eval(), packed)
+    assert cli(["bench", str(packed), "--quick", "--no-layers", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["model"] == "bireal_resnet20"
+    assert cli(["bench", "--layer", "conv", "--shape", "16,16,8,8", "--quick", "--out", str(out)]) == 0
+    assert cli(["bench", "--layer", "linear", "--shape", "4,128,32", "--quick", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["runs"][0]["packed_ms"] > 0
+    capsys.readouterr()
+    assert cli(["bench", "--layer", "conv", "--quick"]) == 2
+    assert "--shape" in capsys.readouterr().err
+    assert cli(["bench", "--layer", "conv", "--shape", "16,16", "--quick"]) == 2
+    assert "C_IN,C_OUT,H,W" in capsys.readouterr().err
+    assert cli(["bench", str(tmp_path / "none.onebit"), "--quick"]) == 2
+    assert "does not exist" in capsys.readouterr().err
