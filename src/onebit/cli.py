@@ -147,7 +147,8 @@ def demo_pack(run) -> None:
     print(f"packed -> {path}: {size:,} bytes, {fp32 / size:.1f}x smaller than the float32 weights ({fp32:,} bytes); "
           f"packed validation top-1 {top1:.2f}%")
     print(f"batch-1 latency on this CPU ({t['threads']} threads): float32 PyTorch {t['float32_ms']:.2f} ms, packed "
-          f"{t['packed_ms']:.2f} ms: {t['speedup']:.1f}x faster")
+          f"{t['packed_ms']:.2f} ms: " + (f"{t['speedup']:.1f}x faster" if t["speedup"] >= 1 else
+                                          f"{1 / t['speedup']:.1f}x slower (a loaded machine?)"))
 
 
 def cmd_landscape(args) -> int:
