@@ -15,9 +15,7 @@ results/conv_microbench.json with the CPU name, flags and the load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,25 +29,8 @@ from onebit.deploy import PackedBinaryConv2d, engine
 from onebit.layers import BinaryConv2d
 
 LAYERS = [(64, 56), (256, 14), (512, 7)]
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    return sorted({f for f in ("popcnt", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512_vpopcntdq",
-                               "avx512vpopcntdq") if f" {f}" in text})
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_flags, cpu_name, write_json  # noqa: E402
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -138,8 +119,7 @@ def main(argv=None) -> int:
         "engine_measures": "PackedBinaryConv2d.forward, float NCHW in -> float NCHW out",
         "results": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, args.out)
     print(f"wrote {args.out}")
     return 0
 

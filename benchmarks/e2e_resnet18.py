@@ -11,7 +11,6 @@ model's.  Writes results/e2e_resnet18.json with the CPU name and flags.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ import onebit
 from onebit.deploy import engine, pack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conv_microbench import cpu_flags, cpu_name  # noqa: E402
+from machine import cpu_flags, cpu_name, write_json  # noqa: E402
 
 
 def profile_modules(model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict:
@@ -120,8 +119,7 @@ def main(argv=None) -> int:
            "nproc": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
            "loadavg_after": os.getloadavg(), "batch": 1, "input": [3, 224, 224], "reps": args.reps,
            "packed_vs_torch_max_rel_logit_error": err, "results": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, args.out)
     print(f"max relative logit difference packed vs torch: {err:.2e}\nwrote {args.out}")
     return 0
 

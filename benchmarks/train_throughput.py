@@ -9,7 +9,6 @@ per model and each model's ratio to fp32, and writes results/train_throughput.js
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -31,24 +30,8 @@ MODELS = {
                                                            "scale": "tensor"}),
     "reactnet_resnet20": ("reactnet_resnet20", {}),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return []
-    return sorted({f for f in ("avx2", "avx512f", "avx512vpopcntdq") if f" {f}" in text})
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_flags, cpu_name, write_json  # noqa: E402
 
 
 def time_steps(model, opt, x, y, steps: int, channels_last: bool) -> float:
@@ -114,8 +97,7 @@ def main(argv=None) -> int:
         "batch": args.batch, "steps_per_round": args.steps, "channels_last": args.channels_last,
         "torch": torch.__version__, "python": platform.python_version(), "results": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -1,0 +1,31 @@
+"""What a benchmark records about the machine it ran on, shared by the scripts in benchmarks/."""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+FLAGS = ("popcnt", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512vpopcntdq")
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return []
+    return sorted({f for f in FLAGS if f" {f}" in text})
+
+
+def write_json(obj: dict, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2) + "\n")
