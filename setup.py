@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -23,7 +24,7 @@ class BuildExt(build_ext):
         flags = ["/O2", "/std:c++17", "/EHsc"] if msvc else [
             "-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden", "-pthread", "-Wall",
             "-Wno-unknown-pragmas"]
-        link = [] if msvc else ["-pthread"]
+        link = [] if msvc else ["-pthread"] + (["-ldl"] if sys.platform.startswith("linux") else [])
         for ext in self.extensions:
             ext.include_dirs.append(pybind11.get_include())
             ext.extra_compile_args = flags + list(ext.extra_compile_args or [])

@@ -295,6 +295,9 @@ PYBIND11_MODULE(_engine, m) {
   m.doc() = "onebit XNOR-popcount engine (bit-packed binary GEMM and convolution)";
   m.def("cpu_features", &features, "CPU features the engine can use: popcnt, avx2, avx512_vpopcntdq, x86_64");
   m.def("available_paths", &available_paths, "Kernel paths usable on this CPU, fastest first");
+  m.def("thread_backend", &thread_backend, "Where parallel work runs: 'openmp:<library>' or 'pool'");
+  m.def("set_thread_backend", &set_thread_backend, py::arg("name"),
+        "'auto': the OpenMP runtime already loaded (torch's) when there is one; 'pool': the engine's own threads");
   m.def("best_path", [] { return std::string(path_name(best_path())); }, "The path 'auto' selects");
   m.def("pack_rows", &py_pack_rows, py::arg("a"), py::arg("shift") = py::none(), py::arg("path") = "auto",
         py::arg("num_threads") = 1,

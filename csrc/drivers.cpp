@@ -25,6 +25,10 @@
 
 #include "engine.h"
 
+#if ONEBIT_X86
+#include <immintrin.h>
+#endif
+
 namespace onebit {
 namespace {
 
@@ -276,6 +280,27 @@ void linear(const float* x, int64_t M, int64_t K, int64_t ldx, const float* shif
 
 namespace {
 
+// AVX2: n4 groups of 4 consecutive words src[4 g .. 4 g + 3] -> the lo and hi planes of panels dst + g * pstride
+// (nibble-split layout, V = 4): dst[g * pstride + 0..3] = lo words, dst[g * pstride + 4..7] = hi words.
+#if ONEBIT_X86
+__attribute__((target("avx2"))) void split4_avx2(const uint64_t* src, int64_t n4, uint64_t* dst, int64_t pstride) {
+  const __m256i low = _mm256_set1_epi8(0x0f);
+  for (int64_t g = 0; g < n4; ++g, src += 4, dst += pstride) {
+    const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(dst), _mm256_and_si256(w, low));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(dst + 4), _mm256_and_si256(_mm256_srli_epi64(w, 4), low));
+  }
+}
+#else
+void split4_avx2(const uint64_t* src, int64_t n4, uint64_t* dst, int64_t pstride) {  // never called without x86
+  for (int64_t g = 0; g < n4; ++g, src += 4, dst += pstride)
+    for (int r = 0; r < 4; ++r) {
+      dst[r] = nib_lo(src[r]);
+      dst[4 + r] = nib_hi(src[r]);
+    }
+}
+#endif
+
 // Bit-packed im2col into panels of V interleaved rows.  Row i (= oh * OW + ow) of one image and
 // group holds, tap-major, the Wg words of the input pixel under each tap (zero words where the tap
 // is outside the image); in the panel layout word w of row i sits at
@@ -285,6 +310,7 @@ struct Im2col {
   int64_t H, W, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw;
   int64_t Wg, ldp, kw, V, OHW;
   bool split;
+  bool avx2;  // the CPU has AVX2 and the path may use it
 
   // rows [i0, i1) of image n, group g (i0 a multiple of V; rows >= OHW come out zero) -> dst
   void rows(int64_t n, int64_t g, int64_t i0, int64_t i1, uint64_t* dst) const {
@@ -303,6 +329,7 @@ struct Im2col {
         d[0] = word;
       }
     };
+    const bool vec4 = sp && v == 4 && avx2;
     const int64_t iend = std::min(i1, ohw);
     for (int64_t oh = i0 / OW_; oh * OW_ < iend; ++oh) {
       const int64_t owa = std::max<int64_t>(0, i0 - oh * OW_), owb = std::min<int64_t>(OW_, iend - oh * OW_);
@@ -326,7 +353,17 @@ struct Im2col {
           if (wg == 1) {
             const uint64_t* src = srow + (lo * sw_ + off) * lp;
             const int64_t step = sw_ * lp;
-            for (int64_t ow = lo; ow < hi; ++ow, src += step) put(at(ib + ow) + toff, *src);
+            int64_t ow = lo;
+            if (vec4 && step == 1) {  // whole panels of 4 contiguous words: split with AVX2
+              for (; ow < hi && ((ib + ow - i0) & 3) != 0; ++ow, ++src) put(at(ib + ow) + toff, *src);
+              const int64_t n4 = (hi - ow) / 4;
+              if (n4 > 0) {
+                split4_avx2(src, n4, at(ib + ow) + toff, kwv * vs);
+                ow += 4 * n4;
+                src += 4 * n4;
+              }
+            }
+            for (; ow < hi; ++ow, src += step) put(at(ib + ow) + toff, *src);
           } else {
             for (int64_t ow = lo; ow < hi; ++ow) {
               uint64_t* d = at(ib + ow) + toff;
@@ -425,7 +462,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   pack_nchw(x, p.N, p.C, p.H, p.W, p.xstrides, shift, G, P, packs_with_avx2(path), nthreads);
 
   const Im2col im2col{P, p.H, p.W, p.OH, p.OW, p.KH, p.KW, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw,
-                      Wg, ldp, kw, V, OHW, pk.split};
+                      Wg, ldp, kw, V, OHW, pk.split, packs_with_avx2(path)};
 
   // 2. tiles: (group, filter block, image, pixel block).  When an image's rows fit in about half
   //    of L2, its whole im2col block is built once (shared by the filter blocks); otherwise each

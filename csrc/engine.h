@@ -102,10 +102,14 @@ void popcount_panel_avx512(ONEBIT_PANEL_ARGS);
 
 // ---- threads ----------------------------------------------------------------------------------
 // Runs fn(t) for t in [0, ntasks) on up to nthreads threads (the caller included), tasks handed
-// out dynamically.  A persistent std::thread pool (no OpenMP); nested or concurrent calls run
-// serially in the calling thread.  If tasks throw, the first exception is rethrown in the caller
-// after all tasks have finished.
+// out dynamically: on the team of the OpenMP runtime already loaded in the process (torch's), or
+// else on a persistent std::thread pool; nested or concurrent calls run serially in the calling
+// thread.  If tasks throw, the first exception is rethrown in the caller after all tasks have finished.
 void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn);
+// "openmp:<library path>" or "pool"
+std::string thread_backend();
+// "auto" (the loaded OpenMP runtime when there is one) or "pool" (always the std::thread pool)
+void set_thread_backend(const std::string& name);
 
 // ---- packing ----------------------------------------------------------------------------------
 inline int64_t words_for(int64_t bits) { return (bits + 63) / 64; }

@@ -8,6 +8,9 @@
 #include <mutex>
 #include <stdexcept>
 #include <thread>
+#include <cstdlib>
+#include <string>
+#include <vector>
 
 #include "engine.h"
 
@@ -17,6 +20,14 @@
 #else
 #include <unistd.h>
 #define ONEBIT_GETPID getpid
+#endif
+#if defined(__linux__)
+#include <dlfcn.h>
+#include <link.h>
+#include <cstring>
+#define ONEBIT_SHARED_OPENMP 1
+#else
+#define ONEBIT_SHARED_OPENMP 0
 #endif
 
 namespace onebit {
@@ -245,10 +256,150 @@ ThreadPool& pool() {
 
 }  // namespace
 
+// ---- the OpenMP runtime already in the process -------------------------------------------------
+//
+// PyTorch runs its own parallel regions on an OpenMP team whose idle threads spin for a while after
+// each region.  A second pool of ours would then fight those spinning threads for the same cores
+// (measured: the engine at 2 threads slower than at 1 right after a torch op).  So when an OpenMP
+// runtime is already loaded (torch's libgomp, or an Intel / LLVM one with the GOMP interface), the
+// engine's tasks run on that runtime's team through its stable C entry point GOMP_parallel: torch's
+// waiting threads take them at once.  The library is found among the loaded objects and opened with
+// RTLD_NOLOAD, so nothing is linked or loaded for it; without one (or after fork(), or when
+// ONEBIT_ENGINE_THREADS=pool) the std::thread pool above runs the tasks.
+
+namespace {
+
+struct SharedOpenMP {
+  void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
+  int (*in_parallel)() = nullptr;                                          // omp_in_parallel
+  std::string library;
+};
+
+#if ONEBIT_SHARED_OPENMP
+int find_openmp(struct dl_phdr_info* info, size_t, void* data) {
+  auto* found = static_cast<std::vector<std::string>*>(data);
+  const char* name = info->dlpi_name;
+  if (!name || !*name) return 0;
+  const char* base = std::strrchr(name, '/');
+  base = base ? base + 1 : name;
+  if (std::strncmp(base, "libgomp", 7) == 0 || std::strncmp(base, "libiomp5", 8) == 0 ||
+      std::strncmp(base, "libomp.", 7) == 0 || std::strncmp(base, "libomp-", 7) == 0)
+    found->push_back(name);
+  return 0;
+}
+#endif
+
+SharedOpenMP lookup_openmp() {
+  SharedOpenMP r;
+#if ONEBIT_SHARED_OPENMP
+  std::vector<std::string> libs;
+  dl_iterate_phdr(find_openmp, &libs);
+  std::stable_sort(libs.begin(), libs.end(), [](const std::string& a, const std::string& b) {
+    return (a.find("libgomp") != std::string::npos) > (b.find("libgomp") != std::string::npos);  // GNU first
+  });
+  for (const auto& lib : libs) {
+    void* h = dlopen(lib.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    if (!h) continue;
+    auto par = reinterpret_cast<decltype(r.parallel)>(dlsym(h, "GOMP_parallel"));
+    auto inpar = reinterpret_cast<decltype(r.in_parallel)>(dlsym(h, "omp_in_parallel"));
+    if (par && inpar) {
+      r.parallel = par;
+      r.in_parallel = inpar;
+      r.library = lib;
+      return r;  // the handle stays open: the runtime must outlive every call
+    }
+    dlclose(h);
+  }
+#endif
+  return r;
+}
+
+struct Backend {
+  std::mutex mu;
+  bool use_pool = false;  // forced by set_thread_backend("pool") or ONEBIT_ENGINE_THREADS=pool
+  bool looked = false;
+  long pid = -1;
+  SharedOpenMP omp;
+};
+
+Backend& backend() {
+  static Backend* b = [] {
+    auto* r = new Backend();  // leaked: used until exit
+    const char* env = std::getenv("ONEBIT_ENGINE_THREADS");
+    r->use_pool = env && std::string(env) == "pool";
+    return r;
+  }();
+  return *b;
+}
+
+// the runtime to use now, or null for the std::thread pool
+const SharedOpenMP* shared_openmp() {
+  Backend& b = backend();
+  std::lock_guard<std::mutex> lk(b.mu);
+  if (b.use_pool) return nullptr;
+  const long now = static_cast<long>(ONEBIT_GETPID());
+  if (!b.looked) {  // looked up at the first parallel call: torch is imported by then
+    b.omp = lookup_openmp();
+    b.looked = true;
+    b.pid = now;
+  }
+  if (b.pid != now || !b.omp.parallel) return nullptr;  // a fork()ed child: its OpenMP team is gone
+  return &b.omp;
+}
+
+struct OmpJob {
+  const std::function<void(int64_t)>* fn;
+  int64_t ntasks;
+  std::atomic<int64_t> next{0};
+  std::mutex error_mu;
+  std::exception_ptr error;
+};
+
+void omp_body(void* data) {
+  auto& job = *static_cast<OmpJob*>(data);
+  for (;;) {
+    const int64_t t = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (t >= job.ntasks) return;
+    try {
+      (*job.fn)(t);
+    } catch (...) {  // an exception must not leave an OpenMP thread
+      std::lock_guard<std::mutex> lk(job.error_mu);
+      if (!job.error) job.error = std::current_exception();
+    }
+  }
+}
+
+}  // namespace
+
+std::string thread_backend() {
+  const SharedOpenMP* omp = shared_openmp();
+  return omp ? "openmp:" + omp->library : std::string("pool");
+}
+
+void set_thread_backend(const std::string& name) {
+  if (name != "auto" && name != "pool")
+    throw std::invalid_argument("unknown engine thread backend '" + name + "'; allowed: auto, pool");
+  Backend& b = backend();
+  std::lock_guard<std::mutex> lk(b.mu);
+  b.use_pool = name == "pool";
+}
+
 void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn) {
   if (ntasks <= 0) return;
   if (nthreads <= 1 || ntasks == 1) {
     for (int64_t t = 0; t < ntasks; ++t) fn(t);
+    return;
+  }
+  if (const SharedOpenMP* omp = shared_openmp()) {
+    if (omp->in_parallel()) {  // called from inside a parallel region: run serially
+      for (int64_t t = 0; t < ntasks; ++t) fn(t);
+      return;
+    }
+    OmpJob job;
+    job.fn = &fn;
+    job.ntasks = ntasks;
+    omp->parallel(omp_body, &job, static_cast<unsigned>(std::min<int64_t>(nthreads, ntasks)), 0);
+    if (job.error) std::rethrow_exception(job.error);
     return;
   }
   pool().run(ntasks, nthreads, fn);

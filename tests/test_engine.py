@@ -384,3 +384,56 @@ def test_thread_pool_survives_fork():
     proc.start()
     proc.join(30)
     assert proc.exitcode == 0 and q.get(timeout=5)
+
+
+# --- where the threads come from -------------------------------------------------------------------
+
+def test_thread_backend_shares_torchs_openmp():
+    name = engine.thread_backend()
+    if sys.platform == "linux" and "OpenMP" in torch.__config__.parallel_info():
+        assert name.startswith("openmp:") and "omp" in name.rsplit("/", 1)[-1], name
+    else:
+        assert name == "pool" or name.startswith("openmp:")
+    with pytest.raises(ValueError, match="thread backend"):
+        engine.set_thread_backend("tbb")
+
+
+@pytest.mark.parametrize("case", [CONV_CASES[1], CONV_CASES[3], CONV_CASES[9], CONV_CASES[11]],
+                         ids=lambda c: "n{}c{}_{}x{}_f{}_k{}s{}p{}d{}g{}".format(*c))
+def test_thread_backends_give_the_same_accumulators(case):
+    n, c, h, w, f, k, s, p, d, g = case
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((f, c // g, k, k)).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    ref = ref_conv(x, wt, None, (s, s), (p, p), (d, d), g)
+    try:
+        for backend in ("pool", "auto"):
+            engine.set_thread_backend(backend)
+            if backend == "pool":
+                assert engine.thread_backend() == "pool"
+            for t in (2, 3):
+                out = engine.conv2d(x, bits, tapsum, groups=g, kernel_size=k, stride=s, padding=p, dilation=d,
+                                    accumulate=True, num_threads=t)
+                np.testing.assert_array_equal(out, ref, err_msg=f"backend={backend} threads={t}")
+    finally:
+        engine.set_thread_backend("auto")
+
+
+def test_engine_inside_a_torch_parallel_region_runs():
+    # torch.set_num_threads(2) plus a torch op right before: torch's OpenMP threads are spinning
+    # when the engine hands them its tasks
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1, 64, 20, 20)).astype(np.float32)
+    wt = rng.standard_normal((48, 64, 3, 3)).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    ref = ref_conv(x, wt, None, (1, 1), (1, 1), (1, 1), 1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(5):
+            torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(wt), padding=1)
+            np.testing.assert_array_equal(engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1,
+                                                        accumulate=True, num_threads=2), ref)
+    finally:
+        torch.set_num_threads(old)

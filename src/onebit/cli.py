@@ -23,18 +23,24 @@ def cmd_list_recipes(args) -> int:
 
 def cmd_train(args) -> int:
     from .train import load_recipe, train
-    data_root = None
-    if args.resume:  # the run's own recipe is used; only the data location may change
-        sets = args.set or []
-        if any(not s.startswith("data.root=") for s in sets):
-            raise ValueError("with --resume only --set data.root=PATH may be given (the run keeps its recipe)")
-        data_root = sets[-1].split("=", 1)[1] if sets else None
+    data_root = threads = None
+    if args.resume:  # the run's own recipe is used; only where the data lives and the thread count may change
+        for s in args.set or []:
+            key, _, value = s.partition("=")
+            if key == "data.root":
+                data_root = value
+            elif key == "train.threads" and value.isdigit() and int(value) > 0:
+                threads = int(value)
+            else:
+                raise ValueError(f"with --resume only --set data.root=PATH and --set train.threads=N (N >= 1) "
+                                 f"may be given, not {s!r} (the run keeps its recipe)")
         recipe = None
     elif not args.recipe:
         raise ValueError("train needs --recipe NAME|FILE (or --resume to continue a run)")
     else:
         recipe = load_recipe(args.recipe, args.set or [])
-    res = train(recipe, args.out, resume=args.resume, force=args.force, quiet=args.quiet, data_root=data_root)
+    res = train(recipe, args.out, resume=args.resume, force=args.force, quiet=args.quiet, data_root=data_root,
+                threads=threads)
     if res.get("interrupted"):
         return 130
     m = res["metrics"]

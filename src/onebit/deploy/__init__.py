@@ -12,7 +12,8 @@ The engine (``onebit._engine``) is compiled by the package build; its AVX2 and A
 are chosen at run time from the CPU's features (``available_paths()``, ``set_path()``).
 """
 from .engine import (available_paths, best_path, bgemm, conv2d, cpu_features, get_num_threads, get_path, linear,
-                     pack_conv_weight, pack_nchw, pack_rows, set_num_threads, set_path, split_weights,
+                     pack_conv_weight, pack_nchw, pack_rows, set_num_threads, set_path, set_thread_backend, split_weights,
+                     thread_backend,
                      weight_layout)
 from .packed import NotPackable, PackedBinaryConv2d, PackedBinaryLinear, PackWarning, pack
 from .quant import Int8Conv2d, Int8Linear, first_last_layers, quantize_int8
@@ -22,7 +23,8 @@ from .file import (PackedFileError, float32_bytes, is_packed_file, load, load_wi
 __all__ = [
     "NotPackable", "PackWarning", "PackedBinaryConv2d", "PackedBinaryLinear", "available_paths", "best_path",
     "bgemm", "conv2d", "cpu_features", "get_num_threads", "get_path", "linear", "pack", "pack_conv_weight",
-    "pack_nchw", "pack_rows", "set_num_threads", "set_path", "split_weights", "weight_layout",
+    "pack_nchw", "pack_rows", "set_num_threads", "set_path", "set_thread_backend", "split_weights",
+    "thread_backend", "weight_layout",
     "Int8Conv2d", "Int8Linear", "first_last_layers", "quantize_int8",
     "PackedFileError", "float32_bytes", "is_packed_file", "load", "load_with_meta", "read_info", "save",
     "theoretical_bytes",

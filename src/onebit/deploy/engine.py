@@ -6,8 +6,10 @@ contiguous float32 CPU tensors).  Every call takes
 - ``path``: ``"auto"`` (the fastest the CPU supports), ``"avx512"`` (AVX-512 VPOPCNTDQ), ``"avx2"``
   (vpshufb nibble lookup) or ``"portable"`` (scalar 64-bit popcount); a path the CPU lacks raises
   ValueError.  :func:`set_path` changes the default.
-- ``num_threads``: engine threads (a std::thread pool, not OpenMP); default
-  :func:`get_num_threads`, i.e. ``torch.get_num_threads()`` unless :func:`set_num_threads` set one.
+- ``num_threads``: engine threads; default :func:`get_num_threads`, i.e. ``torch.get_num_threads()``
+  unless :func:`set_num_threads` set one.  The work runs on the team of the OpenMP runtime torch has
+  loaded (its idle threads take it at once instead of competing with it for the cores), or on the
+  engine's own std::thread pool when there is none: see :func:`thread_backend`.
 
 Bit convention: a bit is 1 for +1 (x + shift >= 0, so 0.0 and -0.0 give +1) and 0 for -1; unused
 bits of the last word of a row are 0.  Dot products come out as ``K - 2 popcount(a xor b)``.
@@ -48,6 +50,20 @@ def set_num_threads(n: Optional[int]) -> None:
 def get_num_threads() -> int:
     """Threads the engine uses when a call does not say: set_num_threads(n), else torch's."""
     return _num_threads if _num_threads is not None else max(1, torch.get_num_threads())
+
+
+def thread_backend() -> str:
+    """Where the engine's parallel work runs: ``'openmp:<library>'`` (the OpenMP runtime already
+    loaded, torch's) or ``'pool'`` (the engine's own threads)."""
+    return _C.thread_backend()
+
+
+def set_thread_backend(name: str) -> None:
+    """``'auto'``: the loaded OpenMP runtime when there is one (the default); ``'pool'``: always the
+    engine's own std::thread pool (also chosen by the environment variable ONEBIT_ENGINE_THREADS=pool)."""
+    if name not in ("auto", "pool"):
+        raise ValueError(f"unknown engine thread backend {name!r}; allowed: 'auto', 'pool'")
+    _C.set_thread_backend(name)
 
 
 def set_path(path: str) -> None:

@@ -140,7 +140,7 @@ class Run:
     """State and files of one training run (possibly several stages)."""
 
     def __init__(self, recipe: dict, out_dir, resume: bool = False, force: bool = False, quiet: bool = False,
-                 stop_after_steps: int | None = None, data_root: str | None = None):
+                 stop_after_steps: int | None = None, data_root: str | None = None, threads: int | None = None):
         self.recipe, self.out = recipe, Path(out_dir)
         self.quiet, self.stop_after_steps = quiet, stop_after_steps
         last = self.out / "last.pt"
@@ -160,6 +160,8 @@ class Run:
             self.recipe = self.resume_state["recipe"]
             if data_root is not None:  # the data may have moved between sessions
                 self.recipe["data"]["root"] = data_root
+            if threads is not None:  # the machine may have changed too (an execution setting, not the recipe)
+                self.recipe["train"]["threads"] = threads
         else:
             (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
         self.interrupted = False
@@ -400,11 +402,11 @@ class Run:
 
 
 def train(recipe: dict, out_dir, resume: bool = False, force: bool = False, quiet: bool = False,
-          stop_after_steps: int | None = None, data_root: str | None = None) -> dict:
+          stop_after_steps: int | None = None, data_root: str | None = None, threads: int | None = None) -> dict:
     """Train ``recipe`` into ``out_dir``; returns the results dict (also written to results.json).
 
     On resume the recipe stored in the run is used; ``data_root`` may point it at data
-    that moved.  ``stop_after_steps`` simulates an interruption (as SIGINT/SIGTERM would) after that many
+    that moved and ``threads`` may change the torch thread count.  ``stop_after_steps`` simulates an interruption (as SIGINT/SIGTERM would) after that many
     optimizer steps: the state is saved to last.pt and {"interrupted": True} is returned.
     """
-    return Run(recipe, out_dir, resume, force, quiet, stop_after_steps, data_root).run()
+    return Run(recipe, out_dir, resume, force, quiet, stop_after_steps, data_root, threads).run()
