@@ -286,3 +286,20 @@ def test_metrics_carry_flip_ratio_histograms_and_indicators(tmp_path):
     assert all("estimating_error" in x and "gradient_instability" in x for x in r)
     hist = [json.loads(l) for l in (out / "histograms.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2] and sum(hist[0]["counts"]) > 0
+
+
+def test_resume_may_change_data_root_and_threads_only(tmp_path, capsys):
+    from onebit.cli import main
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=2)))
+    out = tmp_path / "run"
+    assert train(recipe, out, quiet=True, stop_after_steps=2)["interrupted"]
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.epochs=5"]) != 0
+    assert "only --set data.root=PATH and --set train.threads=N" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.threads=0"]) != 0
+    old = torch.get_num_threads()
+    try:
+        assert main(["train", "--out", str(out), "--resume", "--quiet", "--set", "train.threads=1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(old)
+    assert C.load(out / "last.pt")["recipe"]["train"]["threads"] == 1 and rows(out)[-1]["epoch"] == 2
