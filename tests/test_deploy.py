@@ -11,7 +11,9 @@ import torch.nn as nn
 import onebit
 from onebit.binarize.react import RPReLU
 from onebit.deploy import (PackedBinaryConv2d, PackedBinaryLinear, PackWarning, engine, pack)
+from onebit.deploy.attention import PackedBinaryAttention, swap_attention
 from onebit.layers import BinaryConv2d, BinaryLinear
+from onebit.layers.attention import BinaryAttention
 
 PATHS = engine.available_paths()
 RTOL = 1e-4
@@ -324,7 +326,7 @@ def test_pack_hard_progressive_weights():
 
 def test_pack_binaryvit_same_logits():
     """BinaryViT (CIFAR baseline): its BiFC linears (RSign over the last dim, centred weights,
-    TokenBatchNorm after) are packed; binary attention stays as it is (not a binary layer)."""
+    TokenBatchNorm after) are packed; the attention products run on the engine."""
     torch.manual_seed(5)
     model = randomize(onebit.create_model("binaryvit_cifar_baseline"), seed=5).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -336,10 +338,44 @@ def test_pack_binaryvit_same_logits():
             warnings.simplefilter("error")
             packed = pack(model, fold_bn=fold_bn)
         assert sum(isinstance(m, PackedBinaryLinear) for m in packed.modules()) == n_linear > 0
+        assert sum(isinstance(m, PackedBinaryAttention) for m in packed.modules()) == sum(
+            isinstance(m, BinaryAttention) for m in model.modules()) > 0
         with torch.no_grad():
             out = packed(x)
         close(out, ref)
         assert torch.equal(out.argmax(1), ref.argmax(1))
+
+
+@pytest.mark.parametrize("sr", [1, 2])
+def test_packed_attention_products_match_torch(sr):
+    """Q K^T exact (the same integer scores, hence the same P); P V = alpha (acc + colsum) / 2 equals
+    the float64 product exactly and PyTorch's float32 product to rounding; grid with M != N keys."""
+    torch.manual_seed(sr)
+    att = randomize(BinaryAttention(48, heads=3, sr_ratio=sr, act="clipped_ste"), seed=sr).eval()
+    with torch.no_grad():
+        att.prob.step.fill_(0.02)
+    b, h, n, m, d = 2, 3, 16, 16 // sr ** 2, 16
+    sgn = lambda *s: torch.randint(0, 2, s).float() * 2 - 1  # noqa: E731
+    qb, kb, vb = sgn(b, h, n, d), sgn(b, h, m, d), sgn(b, h, m, d)
+    packed = copy.deepcopy(att)
+    assert swap_attention(packed) == 1 and type(packed) is PackedBinaryAttention
+    with torch.no_grad():
+        ref = att.attend(qb, kb, vb)
+        out = packed.attend(qb, kb, vb)
+        p = att.probs(qb @ kb.transpose(-2, -1))
+    alpha = att.prob.step.item()  # 0.02 rounded to float32
+    assert set(p.unique().tolist()) <= {0.0, alpha} and (p > 0).any()
+    exact = (p.double() @ vb.double()).float()  # float64 sums of +-alpha are exact: one rounding, as the engine
+    assert torch.equal(out, exact)
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-6)
+    h_in = torch.randn(b, 16, 48)
+    with torch.no_grad():
+        close(packed(h_in, (4, 4)), att(h_in, (4, 4)))
+
+
+def test_attention_with_real_probabilities_is_not_swapped():
+    att = BinaryAttention(16, heads=2, act=None, quantize_probs=False).eval()
+    assert swap_attention(att) == 0 and type(att) is BinaryAttention
 
 
 def test_packed_layer_keeps_float64_inputs_dtype():

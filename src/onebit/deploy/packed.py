@@ -491,7 +491,8 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False) -> n
     BiFC, nn.Sequential neighbours) into its scale and bias and replaces them by nn.Identity.
     ``inplace=True`` modifies ``model`` itself instead of a deep copy.  The copy also computes
     faster where it can do so exactly: nn.MaxPool2d and nn.AvgPool2d become the engine's pools
-    (deploy.pool: the same tensors, bit for bit), and
+    (deploy.pool: the same tensors, bit for bit), BinaryViT's attention computes Q K^T and P V on
+    the engine (deploy.attention; same scores, P V to float rounding), and
     with ``fold_bn=True`` a BinaryUnit whose BatchNorm was folded adds its shortcut in the packed
     conv's epilogue (same rounding as the separate add; same modules and state_dict).
     """
@@ -525,4 +526,6 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False) -> n
         _fold_pairs(out)
         _fuse_units(out)
     _swap_pools(out)
+    from .attention import swap_attention
+    swap_attention(out)
     return out

@@ -63,6 +63,14 @@ class BinaryAttention(nn.Module):
         b, n, c = x.shape
         return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
 
+    def probs(self, a: torch.Tensor) -> torch.Tensor:
+        """P from the integer scores A of (B, heads, N, M)."""
+        return self.prob(torch.softmax(a / math.sqrt(self.dim // self.heads), dim=-1))  # Eq. 7-8
+
+    def attend(self, qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
+        """P V for binarized heads (B, heads, N or M, D_h); deploy.attention computes it on the engine."""
+        return self.probs(qb @ kb.transpose(-2, -1)) @ vb                               # Eq. 6
+
     def forward(self, h: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         b, n, c = h.shape
         q = self.q(h)
@@ -72,9 +80,7 @@ class BinaryAttention(nn.Module):
             kv_in = self.reduce(grid_to_tokens(F.avg_pool2d(tokens_to_grid(h, grid), self.sr_ratio)))  # Eq. 14
         k, v = self.k(kv_in), self.v(kv_in)
         qb, kb, vb = self._heads(self.sign_q(q)), self._heads(self.sign_k(k)), self._heads(self.sign_v(v))
-        a = qb @ kb.transpose(-2, -1)                                                   # Eq. 6
-        p = self.prob(torch.softmax(a / math.sqrt(c // self.heads), dim=-1))            # Eq. 7-8
-        ctx = (p @ vb).transpose(1, 2).reshape(b, n, c)
+        ctx = self.attend(qb, kb, vb).transpose(1, 2).reshape(b, n, c)
         if small is not None:  # Eq. 15: nearest-neighbour resize of K and V back to the grid
             k = grid_to_tokens(F.interpolate(tokens_to_grid(k, small), size=grid, mode="nearest"))
             v = grid_to_tokens(F.interpolate(tokens_to_grid(v, small), size=grid, mode="nearest"))
