@@ -391,8 +391,8 @@ class PackedBinaryLinear(_Packed):
 
 def _fold_pairs(model: nn.Module) -> int:
     """Fold eval BatchNorms into the packed layer right before them: BinaryUnit (bn(conv(x))),
-    BiFC (norm(linear(x)), a BatchNorm over the last dim) and (packed conv, BatchNorm2d) neighbours
-    inside an nn.Sequential.  Returns the number folded."""
+    BiFC (norm(linear(x)), a BatchNorm over the last dim) and (packed or real conv, BatchNorm2d)
+    neighbours inside an nn.Sequential (the stem, the down-sampling shortcuts).  Returns the number folded."""
     from ..layers.bifc import BiFC, TokenBatchNorm
     from ..models.blocks import BinaryUnit
     from torch.nn.modules.batchnorm import _BatchNorm
@@ -418,7 +418,25 @@ def _fold_pairs(model: nn.Module) -> int:
                 layer.fold_bn(bn)
                 m._modules[b] = nn.Identity()
                 n += 1
+            elif (type(m) is nn.Sequential and type(layer) is nn.Conv2d and layer.weight.dtype is torch.float32
+                  and isinstance(bn, _BatchNorm) and foldable(bn, (nn.BatchNorm2d,))
+                  and bn.num_features == layer.out_channels):  # a real conv: the stem, a shortcut
+                _fold_into_conv(layer, bn)
+                m._modules[b] = nn.Identity()
+                n += 1
     return n
+
+
+def _fold_into_conv(conv: nn.Conv2d, bn: nn.Module) -> None:
+    """conv <- bn(conv(.)) for a real-valued conv: w * g / sqrt(var + eps), (b - mean) * g / sqrt(var + eps)
+    + beta (computed in float64, rounded once; equal to the two layers up to float rounding)."""
+    with torch.no_grad():
+        inv = 1.0 / torch.sqrt(bn.running_var.double() + bn.eps)
+        g = inv * (bn.weight.double() if bn.weight is not None else 1.0)
+        b0 = conv.bias.double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+        bias = (b0 - bn.running_mean.double()) * g + (bn.bias.double() if bn.bias is not None else 0.0)
+        conv.weight.copy_((conv.weight.double() * g.view(-1, 1, 1, 1)).float())
+        conv.bias = nn.Parameter(bias.float(), requires_grad=conv.weight.requires_grad)
 
 
 def _fused_unit_class():
