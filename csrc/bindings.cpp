@@ -154,7 +154,7 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
                     const std::optional<CArr<float>>& scale, const std::optional<CArr<float>>& bias,
                     bool accumulate, const std::string& path, int num_threads,
                     const std::optional<CArr<uint64_t>>& wsplit, const std::optional<py::array>& residual,
-                    const std::optional<py::array>& out_arr) {
+                    const std::optional<py::array>& out_arr, const std::optional<CArr<float>>& rprelu) {
   require(x.ndim() == 4, "conv2d expects a 4-D float32 input [N, C, H, W]");
   ConvParams p{};
   p.N = x.shape(0), p.C = x.shape(1), p.H = x.shape(2), p.W = x.shape(3);
@@ -182,8 +182,14 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
   const uint64_t* ws = split_ptr(wsplit, path_, p.F, p.KH * p.KW * words_for(p.C / groups));
   const int nt = check_threads(num_threads);
   const std::vector<py::ssize_t> shape{p.N, p.F, p.OH, p.OW};
-  require(!accumulate || (!residual && !out_arr), "conv2d: residual and out are for the float output, "
-          "not with accumulate=True");
+  require(!accumulate || (!residual && !out_arr && !rprelu), "conv2d: residual, out and rprelu are for the "
+          "float output, not with accumulate=True");
+  const float* act = nullptr;
+  if (rprelu) {
+    require(rprelu->ndim() == 2 && rprelu->shape(0) == 3 && rprelu->shape(1) == p.F,
+            "conv2d: rprelu must be float32 [3, F] (gamma, slope, zeta)");
+    act = rprelu->data();
+  }
   if (accumulate) {
     py::array_t<int32_t> out(shape);
     int32_t* o = out.mutable_data();
@@ -223,7 +229,7 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
   float* o = static_cast<float*>(out.mutable_data());
   {
     py::gil_scoped_release nogil;
-    conv2d(p, x.data(), sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path_, nt, res);
+    conv2d(p, x.data(), sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path_, nt, res, act);
   }
   return std::move(out);
 }
@@ -320,9 +326,10 @@ PYBIND11_MODULE(_engine, m) {
         py::arg("shift") = py::none(), py::arg("scale") = py::none(), py::arg("bias") = py::none(),
         py::arg("accumulate") = false, py::arg("path") = "auto", py::arg("num_threads") = 1,
         py::arg("wsplit") = py::none(), py::arg("residual") = py::none(), py::arg("out") = py::none(),
+        py::arg("rprelu") = py::none(),
         "Binary convolution of float32 NCHW x against packed weights; float32 NCHW output "
-        "(acc * scale + bias) [+ residual], written into out if given (it may be the residual), or the exact "
-        "int32 accumulators with accumulate=True");
+        "(acc * scale + bias) [+ residual] [-> RPReLU with rprelu = [gamma, slope, zeta] of shape [3, F]], written "
+        "into out if given (it may be the residual), or the exact int32 accumulators with accumulate=True");
   m.def("linear", &py_linear, py::arg("x"), py::arg("wbits"), py::arg("k"), py::arg("shift") = py::none(),
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("accumulate") = false,
         py::arg("path") = "auto", py::arg("num_threads") = 1, py::arg("kernel") = "auto",

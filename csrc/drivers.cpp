@@ -142,6 +142,45 @@ ScaleBiasResFn scale_bias_res_fn(Path path) {
   return scale_bias_res_portable;
 }
 
+// o[i] = rprelu((float(a[i]) * s + b) [+ r[i]]): the epilogue with RPReLU after the (optional)
+// residual add, t = y - gamma; t = t > 0 ? t : slope * t; o = t + zeta, as RPReLU computes it in torch
+// (aten's prelu: x > 0 ? x : w * x); o may alias r
+void scale_bias_act_portable(const int32_t* a, float s, float b, const float* r, float* o, int64_t n, float gamma,
+                             float slope, float zeta) {
+  for (int64_t i = 0; i < n; ++i) {
+    float y = static_cast<float>(a[i]) * s + b;
+    if (r) y = y + r[i];
+    const float t = y - gamma;
+    o[i] = (t > 0.0f ? t : slope * t) + zeta;
+  }
+}
+#if ONEBIT_X86
+__attribute__((target("avx2"))) void scale_bias_act_avx2(const int32_t* a, float s, float b, const float* r, float* o,
+                                                         int64_t n, float gamma, float slope, float zeta) {
+  if (r) {
+    for (int64_t i = 0; i < n; ++i) {
+      const float y = static_cast<float>(a[i]) * s + b;
+      const float t = (y + r[i]) - gamma;
+      o[i] = (t > 0.0f ? t : slope * t) + zeta;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const float t = (static_cast<float>(a[i]) * s + b) - gamma;
+      o[i] = (t > 0.0f ? t : slope * t) + zeta;
+    }
+  }
+}
+#endif
+using ScaleBiasActFn = void (*)(const int32_t*, float, float, const float*, float*, int64_t, float, float, float);
+ScaleBiasActFn scale_bias_act_fn(Path path) {
+#if ONEBIT_X86
+  if (path != Path::Portable && cpu_features().avx2) return scale_bias_act_avx2;
+#else
+  (void)path;
+#endif
+  return scale_bias_act_portable;
+}
+
 inline float scale_of(const float* scale, int64_t f) { return scale ? scale[f] : 1.0f; }
 inline float bias_of(const float* bias, int64_t f) { return bias ? bias[f] : 0.0f; }
 
@@ -448,7 +487,7 @@ struct Border {
 
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits, const uint64_t* wsplit,
             const int32_t* tapsum, const float* scale, const float* bias, float* out_f, int32_t* out_i, Path path,
-            int nthreads, const float* residual) {
+            int nthreads, const float* residual, const float* rprelu) {
   const int64_t G = p.groups, Cg = p.C / G, Fg = p.F / G, Wg = words_for(Cg);
   const int64_t taps = p.KH * p.KW, kw = taps * Wg;
   const int32_t Kbits = static_cast<int32_t>(taps * Cg);
@@ -490,6 +529,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   const int64_t fb = filters_per_tile(Fg, G * p.N * mblocks, nthreads), fblocks = (Fg + fb - 1) / fb;
   const ScaleBiasFn scale_bias = scale_bias_fn(path);
   const ScaleBiasResFn scale_bias_res = scale_bias_res_fn(path);
+  const ScaleBiasActFn scale_bias_act = scale_bias_act_fn(path);
   const int64_t ntasks = G * fblocks * p.N * mblocks;
   parallel_for(ntasks, nthreads, [&](int64_t t) {
     const int64_t mi = t % mblocks;
@@ -513,7 +553,10 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     for (int64_t j = 0; j < fc; ++j) {
       const int32_t* a = T + j * mp;
       const int64_t f = f0 + j, o = (n * p.F + f) * OHW + p0;
-      if (out_f && residual) scale_bias_res(a, scale_of(scale, f), bias_of(bias, f), residual + o, out_f + o, mc);
+      if (out_f && rprelu)
+        scale_bias_act(a, scale_of(scale, f), bias_of(bias, f), residual ? residual + o : nullptr, out_f + o, mc,
+                       rprelu[f], rprelu[p.F + f], rprelu[2 * p.F + f]);
+      else if (out_f && residual) scale_bias_res(a, scale_of(scale, f), bias_of(bias, f), residual + o, out_f + o, mc);
       else if (out_f) scale_bias(a, scale_of(scale, f), bias_of(bias, f), out_f + o, mc);
       else std::memcpy(out_i + o, a, sizeof(int32_t) * mc);
     }

@@ -157,9 +157,12 @@ struct ConvParams {
 // epilogue, y = (acc * scale[f] + bias[f]) + residual, rounded exactly as the two separate float
 // operations (mul, add, add; never fused).  It may alias out_f (each element is read before it is
 // written), but not x.
+// rprelu (float output only; may be null): [3, F] = gamma, slope, zeta of an RPReLU applied last,
+// out = (t > 0 ? t : slope t) + zeta with t = y - gamma, y the value above (residual included).
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits,
             const uint64_t* wsplit, const int32_t* tapsum, const float* scale, const float* bias, float* out_f,
-            int32_t* out_i, Path path, int nthreads, const float* residual = nullptr);
+            int32_t* out_i, Path path, int nthreads, const float* residual = nullptr,
+            const float* rprelu = nullptr);
 
 // x[M, K] (row stride ldx) against wbits[N, ldb]: y[m, n] = acc * scale[n] + bias[n] into out_f, or
 // the accumulator acc = K - 2 popcount into out_i.

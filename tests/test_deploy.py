@@ -199,6 +199,31 @@ def test_pack_model_same_logits(name, fold_bn):
     assert any(isinstance(m, BinaryConv2d) for m in model.modules())
 
 
+def test_conv_epilogue_rprelu_is_torchs_rprelu():
+    """engine.conv2d(..., residual=r, rprelu=[gamma, slope, zeta]) == RPReLU(conv + r), bit for bit,
+    with zeros, negative slopes and values right at gamma."""
+    torch.manual_seed(6)
+    layer = make_conv((16, 12, 3, 1, 1, 1, 1, True, RSIGN, "channel"))
+    packed = PackedBinaryConv2d.from_layer(layer)
+    act = RPReLU(12)
+    with torch.no_grad():
+        act.shift_in.copy_(torch.randn(12) * 0.5)
+        act.slope.copy_(torch.randn(12))
+        act.shift_out.copy_(torch.randn(12) * 0.5)
+    x = torch.randn(2, 16, 7, 7)
+    with torch.no_grad():
+        y = packed(x)
+        r = torch.randn_like(y)
+        r[0, :, 0, 0] = act.shift_in - y[0, :, 0, 0]  # t = 0 (up to rounding) on some pixels
+        want = act(y + r)
+        packed(x, residual=r)  # plans the shape
+        a = torch.stack([act.shift_in, act.slope, act.shift_out]).numpy()
+        got = packed(x, residual=r, rprelu=a)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="rprelu"):
+        packed(x, rprelu=a)
+
+
 def test_fold_bn_folds_real_conv_batchnorm_pairs():
     """fold_bn also folds a BatchNorm2d into the real nn.Conv2d right before it in an nn.Sequential
     (the stem, the down-sampling shortcuts): one conv with a bias, equal up to float rounding."""
@@ -259,6 +284,9 @@ def test_pack_fused_units_equal_the_separate_ops(name, size):
         # as the plain model on that input (torch's real convs may round differently per memory format)
         xcl = x.contiguous(memory_format=torch.channels_last)
         assert torch.equal(fused(xcl), plain(xcl))
+    if name.startswith("reactnet"):  # RPReLU after the add ran in the engine's epilogue, bit for bit
+        acts = [m.act for m in units if isinstance(m.act, RPReLU)]
+        assert acts and all("_packed_rprelu" in a.__dict__ for a in acts)
     # state_dict round trip into a fresh pack()
     again = pack(onebit.create_model(name).eval(), fold_bn=True)
     again.load_state_dict(fused.state_dict())

@@ -202,7 +202,7 @@ def split_weights(wbits, kw: int) -> np.ndarray:
 
 def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=0, dilation=1,
            out_size: Optional[Sequence[int]] = None, shift=None, scale=None, bias=None,
-           accumulate: bool = False, wsplit=None, residual=None, out=None, path: Optional[str] = None,
+           accumulate: bool = False, wsplit=None, residual=None, out=None, rprelu=None, path: Optional[str] = None,
            num_threads: Optional[int] = None) -> np.ndarray:
     """Binary convolution of float32 NCHW ``x`` (any strides) against packed weights.
 
@@ -212,6 +212,8 @@ def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=
     ``residual`` (C-contiguous float32, the output's shape) is added in the epilogue, rounded as
     ``(acc * scale + bias) + residual`` computed in two steps; ``out`` (same kind of array, it may
     be the residual itself, not the input) receives the result in place of a new array.
+    ``rprelu`` (float32 [3, F]: gamma, slope, zeta) applies RPReLU last, as ``RPReLU`` does in torch:
+    ``t = y - gamma; (t if t > 0 else slope * t) + zeta``.
     """
     xa = as_f32(x, contiguous=False)
     if xa.ndim != 4:
@@ -229,7 +231,7 @@ def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=
     o = None if out is None else (out.detach().numpy() if isinstance(out, torch.Tensor) else out)
     return _C.conv2d(xa, as_u64(wbits), np.ascontiguousarray(tapsum, dtype=np.int32), int(groups), (kh, kw),
                      (sh, sw), (ph, pw), (dh, dw), (oh, ow), _opt_f32(shift), _opt_f32(scale), _opt_f32(bias),
-                     bool(accumulate), _resolve(path), _threads(num_threads), ws, res, o)
+                     bool(accumulate), _resolve(path), _threads(num_threads), ws, res, o, _opt_f32(rprelu))
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, path: Optional[str] = None,

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 
 from ..binarize.estimators import Binarizer, ProgressiveBinarizer
-from ..binarize.react import LearnableBias, RSign
+from ..binarize.react import LearnableBias, RPReLU, RSign
 from ..binarize.scaling import center_weight, weight_scale
 from ..layers.binary import BinaryConv2d, BinaryLayer, BinaryLinear
 from . import engine
@@ -279,12 +279,14 @@ class PackedBinaryConv2d(_Packed):
                              f"(dilation {self.dilation}, padding {self.padding})")
         return tuple(pads), (oh, ow)
 
-    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
+                rprelu: Optional[np.ndarray] = None) -> torch.Tensor:
         """y = acc * scale + bias, plus ``residual`` (a tensor of y's shape) if given.
 
         With a float32 CPU input and a C-contiguous float32 CPU residual that needs no gradient, the
         add is fused into the engine's epilogue, rounded exactly as ``forward(x) + residual``;
-        otherwise it is that very expression."""
+        otherwise it is that very expression.  ``rprelu`` (float32 [3, out_channels]: gamma, slope,
+        zeta; only together with a fused residual) applies RPReLU after the add in the same epilogue."""
         shape = x.shape
         plan = self._plans.get(shape) if x.dtype is torch.float32 else None
         if plan is None:
@@ -304,10 +306,14 @@ class PackedBinaryConv2d(_Packed):
                     and residual.shape == plan[-1] and residual.is_contiguous()):
                 y = engine._C.conv2d(xa, a["bits"], a["tapsum"], self.groups, self.kernel_size, self.stride,
                                      plan[0], self.dilation, plan[1], a["shift"], a["scale"], a["bias"], False, path,
-                                     nt, a.get("wsplit"), residual.numpy())
+                                     nt, a.get("wsplit"), residual.numpy(), None, rprelu)
                 y = torch.from_numpy(y)
                 return y if x.device.type == "cpu" else _output(y, x)
+            if rprelu is not None:
+                raise ValueError("PackedBinaryConv2d: rprelu needs a fused residual (float32 CPU, contiguous)")
             return self.forward(x) + residual
+        if rprelu is not None:
+            raise ValueError("PackedBinaryConv2d: rprelu is applied only together with a residual")
         y = torch.from_numpy(engine._C.conv2d(xa, a["bits"], a["tapsum"], self.groups, self.kernel_size,
                                               self.stride, plan[0], self.dilation, plan[1], a["shift"], a["scale"],
                                               a["bias"], False, path, nt, a.get("wsplit")))
@@ -439,6 +445,27 @@ def _fold_into_conv(conv: nn.Conv2d, bn: nn.Module) -> None:
         conv.bias = nn.Parameter(bias.float(), requires_grad=conv.weight.requires_grad)
 
 
+def _fusable_residual(x: torch.Tensor, r: torch.Tensor, conv: "PackedBinaryConv2d") -> bool:
+    """True when conv(x, residual=r) adds r in the engine's epilogue (else it falls back to torch)."""
+    if x.dtype is not torch.float32:
+        return False
+    plan = conv._plans.get(x.shape) or conv._plan(x)  # the plan forward would make (None: empty batch)
+    return (plan is not None and x.device.type == "cpu" and not x.requires_grad and r.dtype is torch.float32
+            and r.device.type == "cpu" and not r.requires_grad and r.shape == plan[-1] and r.is_contiguous())
+
+
+def _rprelu_array(act: nn.Module) -> np.ndarray:
+    """[3, C] float32 (gamma, slope, zeta) of an RPReLU, cached until one of its parameters changes."""
+    key = (act.shift_in._version, act.slope._version, act.shift_out._version,
+           act.shift_in.data_ptr(), act.slope.data_ptr(), act.shift_out.data_ptr())
+    cached = act.__dict__.get("_packed_rprelu")
+    if cached is None or cached[0] != key:
+        arr = torch.stack([act.shift_in.detach(), act.slope.detach(), act.shift_out.detach()]).float().numpy().copy()
+        cached = (key, arr)
+        act.__dict__["_packed_rprelu"] = cached
+    return cached[1]
+
+
 def _fused_unit_class():
     """PackedBinaryUnit: a BinaryUnit whose folded packed conv adds the shortcut in its epilogue."""
     from ..models.blocks import BinaryUnit
@@ -452,8 +479,12 @@ def _fused_unit_class():
             conv = self.conv
             if type(conv) is PackedBinaryConv2d and type(self.bn) is nn.Identity:
                 sc = self.shortcut
-                y = conv(x, residual=x if type(sc) is nn.Identity else sc(x))
-                return y if type(self.act) is nn.Identity else self.act(y)
+                r = x if type(sc) is nn.Identity else sc(x)
+                act = self.act
+                if type(act) is RPReLU and act.dim == 1 and _fusable_residual(x, r, conv):
+                    return conv(x, residual=r, rprelu=_rprelu_array(act))
+                y = conv(x, residual=r)
+                return y if type(act) is nn.Identity else act(y)
             return BinaryUnit.forward(self, x)
 
     PackedBinaryUnit.__qualname__ = "PackedBinaryUnit"
