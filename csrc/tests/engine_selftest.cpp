@@ -67,6 +67,7 @@ void test_conv(std::mt19937& rng, Path path) {
                                {1, 65, 9, 8, 6, 3, 1, 2, 1, 1},  {1, 130, 6, 5, 8, 3, 2, 1, 1, 2},
                                {1, 4, 10, 9, 4, 5, 1, 2, 2, 2},  {1, 8, 7, 7, 6, 1, 2, 0, 1, 1},
                                {1, 6, 3, 3, 3, 3, 1, 2, 1, 3},   {1, 64, 30, 29, 7, 3, 1, 1, 1, 1},
+                               {1, 64, 57, 57, 5, 3, 1, 1, 1, 1},  // tile-by-tile im2col, 4-word splits
                                {1, 1, 1, 1, 1, 1, 1, 0, 1, 1}};
   for (const auto& cs : cases) {
     ConvParams p{};
@@ -124,6 +125,20 @@ void test_conv(std::mt19937& rng, Path path) {
         ok &= yr[i] == want && rin[i] == want;
       }
       check(ok, "conv2d fused residual", path_name(path));
+      // fused residual add then RPReLU (gamma, slope, zeta per filter), with and without the residual
+      std::vector<float> act = randoms(rng, 3 * p.F), ya(y.size()), yn(y.size());
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), ya.data(),
+             nullptr, path, nt, r.data(), act.data());
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), yn.data(),
+             nullptr, path, nt, nullptr, act.data());
+      ok = true;
+      for (size_t i = 0; i < y.size(); ++i) {
+        const int64_t f = (static_cast<int64_t>(i) / (p.OH * p.OW)) % p.F;
+        const float g = act[f], sl = act[p.F + f], z = act[2 * p.F + f];
+        const float t = (y[i] + r[i]) - g, u = y[i] - g;
+        ok &= ya[i] == (t > 0.0f ? t : sl * t) + z && yn[i] == (u > 0.0f ? u : sl * u) + z;
+      }
+      check(ok, "conv2d fused rprelu", path_name(path));
     }
   }
 }
