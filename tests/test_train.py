@@ -303,3 +303,21 @@ def test_resume_may_change_data_root_and_threads_only(tmp_path, capsys):
     finally:
         torch.set_num_threads(old)
     assert C.load(out / "last.pt")["recipe"]["train"]["threads"] == 1 and rows(out)[-1]["epoch"] == 2
+
+
+def test_eval_val_split_is_the_runs_own_holdout(tmp_path, capsys):
+    """`onebit eval RUN/best.pt --data ROOT --split val` on a folder without val/ evaluates the seeded
+    hold-out of train/ that the run validated on: the same images, hence the run's own val top-1."""
+    make_folder(tmp_path / "imgs", ["a", "b", "c", "d"], n=6)
+    p = tiny_recipe(tmp_path, epochs=1, batch_size=8)
+    r = yaml.safe_load(p.read_text())
+    r["data"] = {"name": "folder", "root": str(tmp_path / "imgs"), "val_split": {"per_class": 2, "seed": 3},
+                 "train_transform": "none", "eval_transform": "none"}
+    p.write_text(yaml.safe_dump(r))
+    out = tmp_path / "run"
+    train(load_recipe(str(p)), out, quiet=True)
+    assert cli(["eval", str(out / "best.pt"), "--data", str(tmp_path / "imgs"), "--split", "val", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 8 and res["top1"] == pytest.approx(rows(out)[-1]["val_top1"])
+    assert cli(["eval", str(out / "best.pt"), "--data", str(tmp_path / "imgs"), "--split", "test", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 24  # an existing folder is taken as it is

@@ -79,17 +79,24 @@ def load_for_eval(spec: str, packed: bool = False):
     return load_model(spec)
 
 
-def eval_dataset(data: str, split: str, class_names: list[str]):
+def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict | None = None):
+    """``data``'s ``split``; for ``val`` on a folder with train/ but no val/, the seeded hold-out of
+    train/ that the model was validated on (``val_split``, from its recipe), when it has one."""
+    from pathlib import Path
     from . import data as D
     if data == "sample":
         return D.load_sample("val" if split == "val" else split)
+    root = Path(data)
+    if split == "val" and val_split and not (root / "val").is_dir() and (root / "train").is_dir():
+        from .data.loader import _holdout
+        return _holdout(D.load_image_folder(data, "train", class_names=class_names), val_split)[1]
     return D.load_image_folder(data, split, class_names=class_names)
 
 
 def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: bool = False):
     """A loader over ``data``/``split`` prepared as the model expects (its size and normalisation)."""
     from . import data as D
-    ds = eval_dataset(data, split, meta["class_names"])
+    ds = eval_dataset(data, split, meta["class_names"], (meta.get("data") or {}).get("val_split"))
     size = meta["input_size"][-1]
     tf = D.Normalize(meta["mean"], meta["std"])
     if not ds.is_stacked or ds.images.shape[1] != size:

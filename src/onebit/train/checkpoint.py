@@ -71,6 +71,9 @@ def load_model(path) -> tuple[nn.Module, dict]:
     meta = ckpt["meta"]
     model = build_model(meta)
     load_state(model, ckpt["model"], str(path))
+    recipe = ckpt.get("recipe")
+    if isinstance(recipe, dict) and "data" not in meta:  # where its validation images came from
+        meta = {**meta, "data": {"val_split": (recipe.get("data") or {}).get("val_split")}}
     return model.eval(), meta
 
 

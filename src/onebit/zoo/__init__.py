@@ -52,17 +52,19 @@ def load(name: str, **kwargs) -> nn.Module:
 def add(checkpoint, name: str, zoo_dir=None) -> Path:
     """Export a training checkpoint's model to the zoo folder (safetensors + JSON)."""
     import json as _json
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     from ..train import checkpoint as C
     ckpt = C.load(checkpoint)
     model, info = C.load_model(checkpoint)  # checks the weights fit the model
     out = Path(zoo_dir or ZOO_DIR)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / f"{name}.safetensors"))
+    C.write_atomic(out / f"{name}.safetensors", lambda f: f.write(save(state)))
     run = Path(checkpoint).parent / "results.json"
     extra = _json.loads(run.read_text()) if run.is_file() else {}
     info = {**info, "metrics": extra.get("metrics", {"best": ckpt.get("best")}), "commit": extra.get("commit"),
             "epochs": extra.get("epochs"), "wall_time_s": extra.get("wall_time_s"),
             "machine": extra.get("machine"), "data": extra.get("data")}
-    (out / f"{name}.json").write_text(_json.dumps(info, indent=2) + "\n")
+    C.write_atomic(out / f"{name}.json", lambda f: f.write((_json.dumps(info, indent=2) + "\n").encode()))
+    for suffix in (".safetensors", ".json"):  # package data, readable by all (mkstemp made them 0600)
+        (out / f"{name}{suffix}").chmod(0o644)
     return out / f"{name}.safetensors"
