@@ -6,8 +6,10 @@
 # DATA_DIR receives the CIFAR-10 training JPEGs from ../shared/data (unpacked once); each run
 # resumes from RUNS_DIR/<recipe>/last.pt when it exists (or from the copy kept in
 # results/wip/<recipe>/last.pt), so the queue survives the end of a session: start it again.
-# A finished run is recorded (scripts/record_run.sh) and exported to the zoo under the recipe's
-# name with dashes as underscores (the reactnet recipe needs zoo:fp_resnet20_cifar10 as teacher).
+# A finished run is recorded (scripts/record_run.sh), exported to the zoo under the recipe's name
+# with dashes as underscores (the reactnet recipe needs zoo:fp_resnet20_cifar10 as teacher) and
+# its packed twin checked on every held-out image (benchmarks/pack_exactness.py ->
+# results/pack_exactness.json).
 # RECIPES overrides the order; THREADS the thread count; PYTHON the interpreter.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -44,6 +46,8 @@ queue() {
     fi
     if ! "$py" -c "import onebit, sys; sys.exit('$zoo_name' not in onebit.list_models(pretrained=True))"; then
       "$py" -m onebit.cli zoo-add "$out/best.pt" --name "$zoo_name"
+      # the deployment bar: the packed engine against the model on every held-out image
+      "$py" "$here/benchmarks/pack_exactness.py" "zoo:$zoo_name" --data "$data" --split val
     fi
     echo "$(date -u +%FT%TZ) $recipe: finished"
   done
