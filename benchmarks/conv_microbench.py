@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     out = {
         "cpu": cpu_name(), "cpu_flags": cpu_flags(), "engine_features": engine.cpu_features(),
         "engine_path": engine.best_path() if args.path == "auto" else args.path,
+        "engine_threads": engine.thread_backend(),
         "torch": torch.__version__, "python": sys.version.split()[0], "nproc": os.cpu_count(),
         "loadavg_before": load_before, "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),

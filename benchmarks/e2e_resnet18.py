@@ -115,7 +115,8 @@ def main(argv=None) -> int:
             for k, v in row["packed_profile"]["per_type_ms"].items():
                 print(f"        {k:<36} {v:8.2f} ms")
     engine.set_num_threads(None)
-    out = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "engine_path": engine.best_path(), "torch": torch.__version__,
+    out = {"cpu": cpu_name(), "cpu_flags": cpu_flags(), "engine_path": engine.best_path(),
+           "engine_threads": engine.thread_backend(), "torch": torch.__version__,
            "nproc": os.cpu_count(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
            "loadavg_after": os.getloadavg(), "batch": 1, "input": [3, 224, 224], "reps": args.reps,
            "packed_vs_torch_max_rel_logit_error": err, "results": rows}

@@ -181,7 +181,8 @@ def bench_model(spec, batches: Sequence[int] = (1, 32), thread_counts: Sequence[
                 runs.append(row)
     return {"kind": "model", "model": name, "model_kwargs": config, "spec": spec if isinstance(spec, str) else name,
             "input_size": list(size), "twin": tw, "repeats": repeats, "warmup": warmup,
-            "engine_path": engine.best_path(), "machine": machine_info(), "commit": git_commit(), "runs": runs}
+            "engine_path": engine.best_path(), "engine_threads": engine.thread_backend(), "machine": machine_info(),
+            "commit": git_commit(), "runs": runs}
 
 
 def default_input_size(model: nn.Module) -> tuple:
@@ -258,7 +259,8 @@ def bench_layer(kind: str, shape, batches: Sequence[int] = (1, 32), thread_count
                         f"  x{row['speedup']:.2f}")
                 runs.append(row)
     return {"kind": "layer", "layer": kind, "shape": list(_parse_ints(shape, 3, 6, kind)), "label": label,
-            "repeats": repeats, "warmup": warmup, "engine_path": engine.best_path(), "machine": machine_info(),
+            "repeats": repeats, "warmup": warmup, "engine_path": engine.best_path(),
+            "engine_threads": engine.thread_backend(), "machine": machine_info(),
             "commit": git_commit(), "runs": runs}
 
 
