@@ -28,6 +28,10 @@ queue() {
   for recipe in $recipes; do
     out="$runs/$recipe"
     zoo_name=${recipe//-/_}
+    if [ ! -f "$out/results.json" ] && [ -f "$here/results/runs/$recipe.json" ]; then
+      echo "$recipe: finished in an earlier session (results/runs/$recipe.json)"
+      continue
+    fi
     if [ ! -f "$out/results.json" ]; then
       if [ ! -f "$out/last.pt" ] && [ -f "$here/results/wip/$recipe/last.pt" ]; then
         mkdir -p "$out" && cp "$here/results/wip/$recipe/last.pt" "$out/"
