@@ -96,89 +96,50 @@ int64_t filters_per_tile(int64_t nf, int64_t other_tiles, int nthreads) {
   return fb;
 }
 
-// o[i] = float(a[i]) * s + b: the float epilogue of one output channel (8-wide where AVX2 is there;
-// mul then add, never fused, on every path)
-void scale_bias_portable(const int32_t* a, float s, float b, float* o, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) o[i] = static_cast<float>(a[i]) * s + b;
-}
-#if ONEBIT_X86
-__attribute__((target("avx2"))) void scale_bias_avx2(const int32_t* a, float s, float b, float* o, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) o[i] = static_cast<float>(a[i]) * s + b;
-}
-#endif
-using ScaleBiasFn = void (*)(const int32_t*, float, float, float*, int64_t);
-ScaleBiasFn scale_bias_fn(Path path) {
-#if ONEBIT_X86
-  if (path != Path::Portable && cpu_features().avx2) return scale_bias_avx2;
-#else
-  (void)path;
-#endif
-  return scale_bias_portable;
-}
-
-// o[i] = (float(a[i]) * s + b) + r[i]: the epilogue with a fused residual add (o may alias r)
-void scale_bias_res_portable(const int32_t* a, float s, float b, const float* r, float* o, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float y = static_cast<float>(a[i]) * s + b;
-    o[i] = y + r[i];
-  }
-}
-#if ONEBIT_X86
-__attribute__((target("avx2"))) void scale_bias_res_avx2(const int32_t* a, float s, float b, const float* r,
-                                                         float* o, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float y = static_cast<float>(a[i]) * s + b;
-    o[i] = y + r[i];
-  }
-}
-#endif
-using ScaleBiasResFn = void (*)(const int32_t*, float, float, const float*, float*, int64_t);
-ScaleBiasResFn scale_bias_res_fn(Path path) {
-#if ONEBIT_X86
-  if (path != Path::Portable && cpu_features().avx2) return scale_bias_res_avx2;
-#else
-  (void)path;
-#endif
-  return scale_bias_res_portable;
-}
-
-// o[i] = rprelu((float(a[i]) * s + b) [+ r[i]]): the epilogue with RPReLU after the (optional)
-// residual add, t = y - gamma; t = t > 0 ? t : slope * t; o = t + zeta, as RPReLU computes it in torch
-// (aten's prelu: x > 0 ? x : w * x); o may alias r
-void scale_bias_act_portable(const int32_t* a, float s, float b, const float* r, float* o, int64_t n, float gamma,
-                             float slope, float zeta) {
+// The float epilogue of one output channel, on n pixels: y = float(a[i]) * s + b, then (Res) y + r[i],
+// then (Act) RPReLU as torch computes it: t = y - gamma; (t > 0 ? t : slope * t) + zeta.  Each step
+// is its own rounded float operation (never fused), so the result is bit for bit the separate torch
+// ops; o may alias r.  One body, compiled for the baseline and (8-wide) for AVX2.
+struct RPReLUParams {
+  float gamma, slope, zeta;
+};
+template <bool Res, bool Act>
+ONEBIT_INLINE void epilogue_body(const int32_t* a, float s, float b, const float* r, float* o, int64_t n,
+                                 RPReLUParams act) {
   for (int64_t i = 0; i < n; ++i) {
     float y = static_cast<float>(a[i]) * s + b;
-    if (r) y = y + r[i];
-    const float t = y - gamma;
-    o[i] = (t > 0.0f ? t : slope * t) + zeta;
+    if (Res) y = y + r[i];
+    if (Act) {
+      const float t = y - act.gamma;
+      y = (t > 0.0f ? t : act.slope * t) + act.zeta;
+    }
+    o[i] = y;
   }
 }
+template <bool Res, bool Act>
+void epilogue_portable(const int32_t* a, float s, float b, const float* r, float* o, int64_t n, RPReLUParams act) {
+  epilogue_body<Res, Act>(a, s, b, r, o, n, act);
+}
 #if ONEBIT_X86
-__attribute__((target("avx2"))) void scale_bias_act_avx2(const int32_t* a, float s, float b, const float* r, float* o,
-                                                         int64_t n, float gamma, float slope, float zeta) {
-  if (r) {
-    for (int64_t i = 0; i < n; ++i) {
-      const float y = static_cast<float>(a[i]) * s + b;
-      const float t = (y + r[i]) - gamma;
-      o[i] = (t > 0.0f ? t : slope * t) + zeta;
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      const float t = (static_cast<float>(a[i]) * s + b) - gamma;
-      o[i] = (t > 0.0f ? t : slope * t) + zeta;
-    }
-  }
+template <bool Res, bool Act>
+__attribute__((target("avx2"))) void epilogue_avx2(const int32_t* a, float s, float b, const float* r, float* o,
+                                                   int64_t n, RPReLUParams act) {
+  epilogue_body<Res, Act>(a, s, b, r, o, n, act);
 }
 #endif
-using ScaleBiasActFn = void (*)(const int32_t*, float, float, const float*, float*, int64_t, float, float, float);
-ScaleBiasActFn scale_bias_act_fn(Path path) {
+using EpilogueFn = void (*)(const int32_t*, float, float, const float*, float*, int64_t, RPReLUParams);
+template <bool Res, bool Act>
+EpilogueFn epilogue_for(Path path) {
 #if ONEBIT_X86
-  if (path != Path::Portable && cpu_features().avx2) return scale_bias_act_avx2;
+  if (path != Path::Portable && cpu_features().avx2) return epilogue_avx2<Res, Act>;
 #else
   (void)path;
 #endif
-  return scale_bias_act_portable;
+  return epilogue_portable<Res, Act>;
+}
+EpilogueFn epilogue_fn(Path path, bool residual, bool rprelu) {
+  if (rprelu) return residual ? epilogue_for<true, true>(path) : epilogue_for<false, true>(path);
+  return residual ? epilogue_for<true, false>(path) : epilogue_for<false, false>(path);
 }
 
 inline float scale_of(const float* scale, int64_t f) { return scale ? scale[f] : 1.0f; }
@@ -527,9 +488,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   int64_t ldb = 0;
   const uint64_t* Bw = panel_weights(pk, wbits, wsplit, p.F, p.ldb, kw, &ldb, nthreads);
   const int64_t fb = filters_per_tile(Fg, G * p.N * mblocks, nthreads), fblocks = (Fg + fb - 1) / fb;
-  const ScaleBiasFn scale_bias = scale_bias_fn(path);
-  const ScaleBiasResFn scale_bias_res = scale_bias_res_fn(path);
-  const ScaleBiasActFn scale_bias_act = scale_bias_act_fn(path);
+  const EpilogueFn epilogue = epilogue_fn(path, residual != nullptr, rprelu != nullptr);
   const int64_t ntasks = G * fblocks * p.N * mblocks;
   parallel_for(ntasks, nthreads, [&](int64_t t) {
     const int64_t mi = t % mblocks;
@@ -553,12 +512,13 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     for (int64_t j = 0; j < fc; ++j) {
       const int32_t* a = T + j * mp;
       const int64_t f = f0 + j, o = (n * p.F + f) * OHW + p0;
-      if (out_f && rprelu)
-        scale_bias_act(a, scale_of(scale, f), bias_of(bias, f), residual ? residual + o : nullptr, out_f + o, mc,
-                       rprelu[f], rprelu[p.F + f], rprelu[2 * p.F + f]);
-      else if (out_f && residual) scale_bias_res(a, scale_of(scale, f), bias_of(bias, f), residual + o, out_f + o, mc);
-      else if (out_f) scale_bias(a, scale_of(scale, f), bias_of(bias, f), out_f + o, mc);
-      else std::memcpy(out_i + o, a, sizeof(int32_t) * mc);
+      if (out_f) {
+        const RPReLUParams act = rprelu ? RPReLUParams{rprelu[f], rprelu[p.F + f], rprelu[2 * p.F + f]}
+                                        : RPReLUParams{0.0f, 0.0f, 0.0f};
+        epilogue(a, scale_of(scale, f), bias_of(bias, f), residual ? residual + o : nullptr, out_f + o, mc, act);
+      } else {
+        std::memcpy(out_i + o, a, sizeof(int32_t) * mc);
+      }
     }
   });
 }
