@@ -301,9 +301,7 @@ class PackedBinaryConv2d(_Packed):
             else _input_array(x)
         nt = engine._num_threads or engine.get_num_threads()
         if residual is not None:
-            if (x.dtype is torch.float32 and residual.dtype is torch.float32
-                    and residual.device.type == "cpu" and not residual.requires_grad
-                    and residual.shape == plan[-1] and residual.is_contiguous()):
+            if _fusable_residual(x, residual, self):
                 y = engine._C.conv2d(xa, a["bits"], a["tapsum"], self.groups, self.kernel_size, self.stride,
                                      plan[0], self.dilation, plan[1], a["shift"], a["scale"], a["bias"], False, path,
                                      nt, a.get("wsplit"), residual.numpy(), None, rprelu)
