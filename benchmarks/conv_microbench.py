@@ -30,7 +30,7 @@ from onebit.layers import BinaryConv2d
 
 LAYERS = [(64, 56), (256, 14), (512, 7)]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_flags, cpu_name, write_json  # noqa: E402
+from machine import add_omp_passive, cpu_flags, cpu_name, reexec_omp_passive, write_json  # noqa: E402
 
 
 def quantile(xs: list[float], q: float) -> float:
@@ -86,12 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--path", default="auto", choices=engine.PATHS)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "conv_microbench.json"))
-    ap.add_argument("--omp-passive", action="store_true",
-                    help="re-run under OMP_WAIT_POLICY=PASSIVE: torch's OpenMP workers sleep instead of spinning "
-                         "after each op (spinning, they take the second core from the engine's threads)")
+    add_omp_passive(ap)
     args = ap.parse_args(argv)
-    if args.omp_passive and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    reexec_omp_passive(args)
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rows = []

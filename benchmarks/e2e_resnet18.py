@@ -23,7 +23,7 @@ import onebit
 from onebit.deploy import engine, pack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_flags, cpu_name, write_json  # noqa: E402
+from machine import add_omp_passive, cpu_flags, cpu_name, reexec_omp_passive, write_json  # noqa: E402
 
 
 def profile_modules(model: torch.nn.Module, x: torch.Tensor, reps: int) -> dict:
@@ -71,12 +71,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--profile", action="store_true", help="also time every module of the packed model")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "results" / "e2e_resnet18.json"))
-    ap.add_argument("--omp-passive", action="store_true",
-                    help="re-run under OMP_WAIT_POLICY=PASSIVE: torch's OpenMP workers sleep instead of spinning "
-                         "after each op (spinning, they take the second core from the engine's threads)")
+    add_omp_passive(ap)
     args = ap.parse_args(argv)
-    if args.omp_passive and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    reexec_omp_passive(args)
 
     torch.manual_seed(0)
     fp = onebit.create_model("resnet18").eval()

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import sys
 from pathlib import Path
 
 FLAGS = ("popcnt", "avx2", "fma", "bmi2", "avx512f", "avx512bw", "avx512_vpopcntdq", "avx512vpopcntdq")
@@ -29,3 +31,16 @@ def cpu_flags() -> list[str]:
 def write_json(obj: dict, path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def add_omp_passive(ap) -> None:
+    """The --omp-passive option of the engine benchmarks (see reexec_omp_passive)."""
+    ap.add_argument("--omp-passive", action="store_true",
+                    help="re-run under OMP_WAIT_POLICY=PASSIVE: torch's OpenMP workers sleep instead of spinning "
+                         "after each op")
+
+
+def reexec_omp_passive(args) -> None:
+    """With --omp-passive, restart this script under OMP_WAIT_POLICY=PASSIVE (it must be set before torch starts)."""
+    if args.omp_passive and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
