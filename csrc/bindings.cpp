@@ -147,20 +147,32 @@ py::array_t<int32_t> py_bgemm(const CArr<uint64_t>& A, const CArr<uint64_t>& B, 
   return out;
 }
 
-py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32_t>& tapsum, int64_t groups,
-                    std::pair<int64_t, int64_t> kernel, std::pair<int64_t, int64_t> stride,
-                    std::pair<int64_t, int64_t> padding, std::pair<int64_t, int64_t> dilation,
-                    std::pair<int64_t, int64_t> out_size, const std::optional<CArr<float>>& shift,
-                    const std::optional<CArr<float>>& scale, const std::optional<CArr<float>>& bias,
-                    bool accumulate, const std::string& path, int num_threads,
-                    const std::optional<CArr<uint64_t>>& wsplit, const std::optional<py::array>& residual,
-                    const std::optional<py::array>& out_arr, const std::optional<CArr<float>>& rprelu) {
-  require(x.ndim() == 4, "conv2d expects a 4-D float32 input [N, C, H, W]");
+// x: float32 NCHW (any strides), or x_bits: the input sign-packed channels-last [N, H, W, words]
+// (pack_nchw's layout) with in_channels = C.  Returns the float output, the packed signs of the output
+// (emit_bits; with want_float as well: a tuple (float, bits)), or the int32 accumulators.
+py::object py_conv2d(const std::optional<FArr>& x, const CArr<uint64_t>& wbits, const CArr<int32_t>& tapsum,
+                     int64_t groups, std::pair<int64_t, int64_t> kernel, std::pair<int64_t, int64_t> stride,
+                     std::pair<int64_t, int64_t> padding, std::pair<int64_t, int64_t> dilation,
+                     std::pair<int64_t, int64_t> out_size, const std::optional<CArr<float>>& shift,
+                     const std::optional<CArr<float>>& scale, const std::optional<CArr<float>>& bias,
+                     bool accumulate, const std::string& path, int num_threads,
+                     const std::optional<CArr<uint64_t>>& wsplit, const std::optional<py::array>& residual,
+                     const std::optional<py::array>& out_arr, const std::optional<CArr<float>>& rprelu,
+                     const std::optional<CArr<uint64_t>>& x_bits, int64_t in_channels, bool emit_bits,
+                     bool want_float, const std::optional<CArr<float>>& out_shift) {
+  require(x.has_value() != x_bits.has_value(), "conv2d: give exactly one of x (float32) and x_bits (packed)");
   ConvParams p{};
-  p.N = x.shape(0), p.C = x.shape(1), p.H = x.shape(2), p.W = x.shape(3);
-  for (int d = 0; d < 4; ++d) {
-    require(x.strides(d) % static_cast<py::ssize_t>(sizeof(float)) == 0, "unaligned strides");
-    p.xstrides[d] = x.strides(d) / static_cast<py::ssize_t>(sizeof(float));
+  if (x) {
+    require(x->ndim() == 4, "conv2d expects a 4-D float32 input [N, C, H, W]");
+    p.N = x->shape(0), p.C = x->shape(1), p.H = x->shape(2), p.W = x->shape(3);
+    for (int d = 0; d < 4; ++d) {
+      require(x->strides(d) % static_cast<py::ssize_t>(sizeof(float)) == 0, "unaligned strides");
+      p.xstrides[d] = x->strides(d) / static_cast<py::ssize_t>(sizeof(float));
+    }
+  } else {
+    require(x_bits->ndim() == 4, "conv2d: x_bits must be a 4-D uint64 array [N, H, W, words]");
+    require(in_channels >= 1, "conv2d: x_bits needs in_channels >= 1");
+    p.N = x_bits->shape(0), p.C = in_channels, p.H = x_bits->shape(1), p.W = x_bits->shape(2);
   }
   require(wbits.ndim() == 2, "conv2d: packed weights must be a 2-D uint64 array [F, words]");
   p.F = wbits.shape(0), p.ldb = wbits.shape(1);
@@ -168,6 +180,11 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
   p.sh = stride.first, p.sw = stride.second, p.ph = padding.first, p.pw = padding.second;
   p.dh = dilation.first, p.dw = dilation.second, p.OH = out_size.first, p.OW = out_size.second;
   require(groups >= 1 && p.C % groups == 0 && p.F % groups == 0, "conv2d: groups must divide channels and filters");
+  if (x_bits)
+    require(x_bits->shape(3) == groups * words_for(p.C / groups),
+            "conv2d: x_bits has " + std::to_string(x_bits->shape(3)) + " words per pixel, the layer reads " +
+                std::to_string(groups * words_for(p.C / groups)) + " (" + std::to_string(p.C) + " channels in " +
+                std::to_string(groups) + " groups)");
   require(p.KH >= 1 && p.KW >= 1 && p.sh >= 1 && p.sw >= 1 && p.dh >= 1 && p.dw >= 1 && p.ph >= 0 && p.pw >= 0,
           "conv2d: bad kernel / stride / padding / dilation");
   require(p.OH >= 1 && p.OW >= 1, "conv2d: the output would be empty");
@@ -175,15 +192,21 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
   require(tapsum.ndim() == 2 && tapsum.shape(0) == p.F && tapsum.shape(1) == p.KH * p.KW,
           "conv2d: tapsum must be int32 [F, KH*KW]");
   require(p.KH * p.KW * (p.C / groups) < (int64_t{1} << 30), "conv2d: reduction too long for int32");
-  const float* sh = opt_ptr(shift, p.C, "shift");
+  const float* sh = x_bits ? nullptr : opt_ptr(shift, p.C, "shift");
+  require(!(x_bits && shift), "conv2d: shift is applied when packing x; x_bits comes packed already");
   const float* sc = opt_ptr(scale, p.F, "scale");
   const float* bi = opt_ptr(bias, p.F, "bias");
+  const float* osh = opt_ptr(out_shift, p.F, "out_shift");
   const Path path_ = parse_path(path);
   const uint64_t* ws = split_ptr(wsplit, path_, p.F, p.KH * p.KW * words_for(p.C / groups));
   const int nt = check_threads(num_threads);
+  const float* xd = x ? x->data() : nullptr;
+  const uint64_t* xb = x_bits ? x_bits->data() : nullptr;
   const std::vector<py::ssize_t> shape{p.N, p.F, p.OH, p.OW};
-  require(!accumulate || (!residual && !out_arr && !rprelu), "conv2d: residual, out and rprelu are for the "
-          "float output, not with accumulate=True");
+  require(!accumulate || (!residual && !out_arr && !rprelu && !emit_bits), "conv2d: residual, out, rprelu and "
+          "emit_bits are for the float output, not with accumulate=True");
+  require(emit_bits || (want_float && !out_shift), "conv2d: out_shift (and want_float=False) go with emit_bits=True");
+  require(want_float || !out_arr, "conv2d: out is the float output; it cannot go with want_float=False");
   const float* act = nullptr;
   if (rprelu) {
     require(rprelu->ndim() == 2 && rprelu->shape(0) == 3 && rprelu->shape(1) == p.F,
@@ -195,7 +218,8 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
     int32_t* o = out.mutable_data();
     {
       py::gil_scoped_release nogil;
-      conv2d(p, x.data(), sh, wbits.data(), ws, tapsum.data(), nullptr, nullptr, nullptr, o, path_, nt);
+      conv2d(p, xd, sh, wbits.data(), ws, tapsum.data(), nullptr, nullptr, nullptr, o, path_, nt, nullptr, nullptr,
+             xb);
     }
     return std::move(out);
   }
@@ -217,21 +241,30 @@ py::array py_conv2d(const FArr& x, const CArr<uint64_t>& wbits, const CArr<int32
     exact(*out_arr, "out");
     require(out_arr->writeable(), "conv2d: out must be writeable");
     out = py::reinterpret_borrow<py::array_t<float>>(*out_arr);
-    const auto* xb = reinterpret_cast<const char*>(x.data());
     const auto* ob = static_cast<const char*>(out_arr->data());
-    py::ssize_t xn = static_cast<py::ssize_t>(sizeof(float));  // bytes from x.data() to its last element
-    for (int d = 0; d < 4; ++d) xn += (x.shape(d) - 1) * x.strides(d);
     const py::ssize_t on = out_arr->nbytes();
-    require(ob + on <= xb || xb + xn <= ob, "conv2d: out must not overlap the input");
-  } else {
+    const auto* xbeg = x ? reinterpret_cast<const char*>(x->data()) : reinterpret_cast<const char*>(xb);
+    py::ssize_t xn = x ? static_cast<py::ssize_t>(sizeof(float)) : x_bits->nbytes();  // bytes of the input
+    if (x)
+      for (int d = 0; d < 4; ++d) xn += (x->shape(d) - 1) * x->strides(d);
+    require(ob + on <= xbeg || xbeg + xn <= ob, "conv2d: out must not overlap the input");
+  } else if (want_float) {
     out = py::array_t<float>(shape);
   }
-  float* o = static_cast<float*>(out.mutable_data());
+  float* o = want_float ? static_cast<float*>(out.mutable_data()) : nullptr;
+  py::array_t<uint64_t> bits;
+  uint64_t* ob = nullptr;
+  if (emit_bits) {
+    bits = py::array_t<uint64_t>(std::vector<py::ssize_t>{p.N, p.OH, p.OW, words_for(p.F)});
+    ob = bits.mutable_data();
+  }
   {
     py::gil_scoped_release nogil;
-    conv2d(p, x.data(), sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path_, nt, res, act);
+    conv2d(p, xd, sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path_, nt, res, act, xb, ob, osh);
   }
-  return std::move(out);
+  if (!emit_bits) return std::move(out);
+  if (!want_float) return std::move(bits);
+  return py::make_tuple(out, bits);
 }
 
 py::array py_linear(const CArr<float>& x, const CArr<uint64_t>& wbits, int64_t K,
@@ -326,10 +359,14 @@ PYBIND11_MODULE(_engine, m) {
         py::arg("shift") = py::none(), py::arg("scale") = py::none(), py::arg("bias") = py::none(),
         py::arg("accumulate") = false, py::arg("path") = "auto", py::arg("num_threads") = 1,
         py::arg("wsplit") = py::none(), py::arg("residual") = py::none(), py::arg("out") = py::none(),
-        py::arg("rprelu") = py::none(),
-        "Binary convolution of float32 NCHW x against packed weights; float32 NCHW output "
+        py::arg("rprelu") = py::none(), py::arg("x_bits") = py::none(), py::arg("in_channels") = -1,
+        py::arg("emit_bits") = false, py::arg("want_float") = true, py::arg("out_shift") = py::none(),
+        "Binary convolution of float32 NCHW x (or of x_bits, its signs packed channels-last, with in_channels) "
+        "against packed weights; float32 NCHW output "
         "(acc * scale + bias) [+ residual] [-> RPReLU with rprelu = [gamma, slope, zeta] of shape [3, F]], written "
-        "into out if given (it may be the residual), or the exact int32 accumulators with accumulate=True");
+        "into out if given (it may be the residual), or the exact int32 accumulators with accumulate=True; "
+        "emit_bits=True also returns the output's signs (y + out_shift >= 0) packed channels-last "
+        "[N, OH, OW, ceil(F/64)] for the next binary layer: (float, bits), or the bits alone with want_float=False");
   m.def("linear", &py_linear, py::arg("x"), py::arg("wbits"), py::arg("k"), py::arg("shift") = py::none(),
         py::arg("scale") = py::none(), py::arg("bias") = py::none(), py::arg("accumulate") = false,
         py::arg("path") = "auto", py::arg("num_threads") = 1, py::arg("kernel") = "auto",

@@ -13,7 +13,9 @@
 //      bits w contributes -sum_c sign(w[f, c, tap]) = -tapsum[f][tap].  So acc = raw + the sum of
 //      tapsum[f][tap] over the pixel's out-of-image taps.  Pixels fall into a few border classes
 //      (which kernel rows and columns are outside); one correction vector per class;
-//   5. y = acc * scale[f] + bias[f], written NCHW.
+//   5. y = acc * scale[f] + bias[f] (+ residual, RPReLU), written NCHW;
+//   6. optionally the signs of y (+ the next layer's threshold shift) packed channels-last, the
+//      next binary layer's step 1 done while the tile is in cache.
 // Channel tails (Cg not a multiple of 64): the unused bits are 0 in both the activation and the
 // weight words, so they xor to 0, and Kbits counts only real channels.
 #include <algorithm>
@@ -383,6 +385,12 @@ struct Im2col {
   }
 };
 
+float* tile_floats(int64_t count) {
+  thread_local std::vector<float> t;
+  if (static_cast<int64_t>(t.size()) < count) t.resize(count);
+  return t.data();
+}
+
 uint64_t* thread_block(int64_t words) {
   thread_local Scratch s;
   return s.get<uint64_t>(0, words);
@@ -448,7 +456,8 @@ struct Border {
 
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits, const uint64_t* wsplit,
             const int32_t* tapsum, const float* scale, const float* bias, float* out_f, int32_t* out_i, Path path,
-            int nthreads, const float* residual, const float* rprelu) {
+            int nthreads, const float* residual, const float* rprelu, const uint64_t* xbits, uint64_t* out_bits,
+            const float* out_shift) {
   const int64_t G = p.groups, Cg = p.C / G, Fg = p.F / G, Wg = words_for(Cg);
   const int64_t taps = p.KH * p.KW, kw = taps * Wg;
   const int32_t Kbits = static_cast<int32_t>(taps * Cg);
@@ -457,9 +466,13 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   const int64_t V = pk.V, S = pk.split ? 2 : 1;
   const int64_t Mimg = round_up(OHW, V);  // rows per image, padded to whole panels
 
-  // 1. pack the input channels-last
-  uint64_t* P = scratch().get<uint64_t>(0, p.N * HW * ldp);
-  pack_nchw(x, p.N, p.C, p.H, p.W, p.xstrides, shift, G, P, packs_with_avx2(path), nthreads);
+  // 1. pack the input channels-last (unless it comes packed: xbits)
+  const uint64_t* P = xbits;
+  if (!P) {
+    uint64_t* Pw = scratch().get<uint64_t>(0, p.N * HW * ldp);
+    pack_nchw(x, p.N, p.C, p.H, p.W, p.xstrides, shift, G, Pw, packs_with_avx2(path), nthreads);
+    P = Pw;
+  }
 
   const Im2col im2col{P, p.H, p.W, p.OH, p.OW, p.KH, p.KW, p.sh, p.sw, p.ph, p.pw, p.dh, p.dw,
                       Wg, ldp, kw, V, OHW, pk.split, packs_with_avx2(path)};
@@ -487,7 +500,14 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   // 3 + 5. popcount GEMM per tile, padding correction, epilogue
   int64_t ldb = 0;
   const uint64_t* Bw = panel_weights(pk, wbits, wsplit, p.F, p.ldb, kw, &ldb, nthreads);
-  const int64_t fb = filters_per_tile(Fg, G * p.N * mblocks, nthreads), fblocks = (Fg + fb - 1) / fb;
+  // with out_bits, a tile holding whole 64-filter words stores them; otherwise tiles OR their bits in
+  const int64_t fb = out_bits ? std::min<int64_t>(Fg, 64) : filters_per_tile(Fg, G * p.N * mblocks, nthreads);
+  const int64_t fblocks = (Fg + fb - 1) / fb;
+  const int64_t wf = words_for(p.F);
+  // tiles own whole words of out_bits unless a word holds filters of two groups: then the bits are
+  // packed from the float result afterwards (into a scratch buffer when out_f is null)
+  const bool bits_fused = out_bits && (G == 1 || Fg % 64 == 0);
+  if (out_bits && !bits_fused && !out_f) out_f = scratch().get<float>(3, p.N * p.F * OHW);
   const EpilogueFn epilogue = epilogue_fn(path, residual != nullptr, rprelu != nullptr);
   const int64_t ntasks = G * fblocks * p.N * mblocks;
   parallel_for(ntasks, nthreads, [&](int64_t t) {
@@ -509,18 +529,30 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     int32_t* T = tile_buffer(mb * fb);
     pk.fn(Ab, mp, Bw + f0 * ldb, ldb, fc, kw, Kbits, T, mp);  // raw acc
     bd.apply(T, mp, p0, mc, p.F, f0, fc);
+    // the float results go to out_f, or (bits only) to a tile buffer: y of filter f0 + j, pixel p0 + i
+    // at yb[j * ys + i]
+    float* yb = out_f ? out_f + (n * p.F + f0) * OHW + p0 : tile_floats(fc * mc);
+    const int64_t ys = out_f ? OHW : mc;
     for (int64_t j = 0; j < fc; ++j) {
       const int32_t* a = T + j * mp;
       const int64_t f = f0 + j, o = (n * p.F + f) * OHW + p0;
-      if (out_f) {
+      if (out_i) {
+        std::memcpy(out_i + o, a, sizeof(int32_t) * mc);
+      } else {
         const RPReLUParams act = rprelu ? RPReLUParams{rprelu[f], rprelu[p.F + f], rprelu[2 * p.F + f]}
                                         : RPReLUParams{0.0f, 0.0f, 0.0f};
-        epilogue(a, scale_of(scale, f), bias_of(bias, f), residual ? residual + o : nullptr, out_f + o, mc, act);
-      } else {
-        std::memcpy(out_i + o, a, sizeof(int32_t) * mc);
+        epilogue(a, scale_of(scale, f), bias_of(bias, f), residual ? residual + o : nullptr, yb + j * ys, mc, act);
       }
     }
+    // 6. the signs of the result, channels-last, for the next binary layer
+    if (bits_fused)  // f0 is a multiple of 64 here: the tile's filters fill whole words from word f0 / 64
+      pack_pixels(yb, ys, mc, out_shift ? out_shift + f0 : nullptr, fc, out_bits + (n * OHW + p0) * wf + f0 / 64, wf,
+                  packs_with_avx2(path));
   });
+  if (out_bits && !bits_fused) {
+    const int64_t ys[4] = {p.F * OHW, OHW, p.OW, 1};
+    pack_nchw(out_f, p.N, p.F, p.OH, p.OW, ys, out_shift, 1, out_bits, packs_with_avx2(path), nthreads);
+  }
 }
 
 }  // namespace onebit

@@ -132,6 +132,12 @@ void interleave_panels(const uint64_t* A, int64_t M, int64_t lda, int64_t kw, in
 void pack_nchw(const float* x, int64_t N, int64_t C, int64_t H, int64_t W, const int64_t strides[4],
                const float* shift, int64_t groups, uint64_t* out, bool avx2, int nthreads);
 
+// npix pixels of planar float data (pixel stride 1, channel stride sC) -> out[p * ldp + j], the
+// bits of channels 64 j .. 64 j + 63 of pixel p for the Cn channels (bit 1 iff x + shift[c] >= 0;
+// shift may be null); single-threaded, for a tile of a larger job.
+void pack_pixels(const float* base, int64_t sC, int64_t npix, const float* shift, int64_t Cn, uint64_t* out,
+                 int64_t ldp, bool avx2);
+
 // Weights w[F, Cg, KH, KW] (contiguous) -> bits[F, ldb] laid out tap-major, channel-minor:
 // word (kh * KW + kw) * Wg + j holds channels 64 j .. 64 j + 63; words >= KH*KW*Wg are 0.
 // tapsum[F, KH*KW] = sum over the Cg channels of sign(w) (+1 for w >= 0, else -1).
@@ -159,10 +165,18 @@ struct ConvParams {
 // written), but not x.
 // rprelu (float output only; may be null): [3, F] = gamma, slope, zeta of an RPReLU applied last,
 // out = (t > 0 ? t : slope t) + zeta with t = y - gamma, y the value above (residual included).
+// xbits (may be null): the input already sign-packed channels-last as pack_nchw leaves it,
+// [N, H, W, groups * words_for(C / groups)]; x and shift are then not read (x may be null).
+// out_bits (may be null): the signs of the float result for the next binary layer, channels-last
+// [N, OH, OW, words_for(F)]: bit f of pixel (n, oh, ow) is 1 iff y + out_shift[f] >= 0 (out_shift may
+// be null: y >= 0), y the float value above computed in the same float operations, so the bits are
+// those pack_nchw(out, out_shift) would give; unused bits of the last word are 0.  out_f may then be
+// null (only the bits are kept).  Not with out_i.
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits,
             const uint64_t* wsplit, const int32_t* tapsum, const float* scale, const float* bias, float* out_f,
             int32_t* out_i, Path path, int nthreads, const float* residual = nullptr,
-            const float* rprelu = nullptr);
+            const float* rprelu = nullptr, const uint64_t* xbits = nullptr, uint64_t* out_bits = nullptr,
+            const float* out_shift = nullptr);
 
 // x[M, K] (row stride ldx) against wbits[N, ldb]: y[m, n] = acc * scale[n] + bias[n] into out_f, or
 // the accumulator acc = K - 2 popcount into out_i.

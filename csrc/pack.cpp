@@ -142,6 +142,19 @@ void pack_row(const float* r, int64_t K, const float* shift, uint64_t* o, int64_
 
 }  // namespace
 
+void pack_pixels(const float* base, int64_t sC, int64_t npix, const float* shift, int64_t Cn, uint64_t* out,
+                 int64_t ldp, bool avx2) {
+#if ONEBIT_X86
+  if (avx2) {
+    pack_transpose_avx2(base, sC, npix, shift, Cn, 1, out, ldp);
+    return;
+  }
+#else
+  (void)avx2;
+#endif
+  for (int64_t p = 0; p < npix; ++p) pack_strided_scalar(base + p, sC, Cn, shift, out + p * ldp);
+}
+
 void pack_rows(const float* a, int64_t M, int64_t K, int64_t lda, const float* shift, uint64_t* out, int64_t ldo,
                bool avx2, int nthreads) {
   const int64_t rows_per_task = std::max<int64_t>(1, 16384 / std::max<int64_t>(K, 1));

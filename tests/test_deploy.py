@@ -294,6 +294,43 @@ def test_pack_fused_units_equal_the_separate_ops(name, size):
         assert torch.equal(again(x), want)
 
 
+@pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet18"])
+def test_pack_link_bits_hands_the_same_bits_on(name):
+    """link_bits=True: each packed layer feeding the next packed conv emits that conv's input bits;
+    the logits are bit for bit those without links, the bits are really used, and bits that may be
+    stale (the tensor modified in place, the threshold changed) are ignored, never used."""
+    from onebit.deploy.packed import _bits_for_me
+    torch.manual_seed(0)
+    model = randomize(onebit.create_model(name), seed=2).eval()
+    plain, linked = pack(model, fold_bn=True), pack(model, fold_bn=True, link_bits=True)
+    producers = [m for m in linked.modules() if "_emit_for" in m.__dict__]
+    convs = [m for m in linked.modules() if type(m) is PackedBinaryConv2d]
+    assert len(producers) == len(convs) - 1  # every binary conv but the first reads bits handed on
+    assert all(type(m.__dict__["_emit_for"]) is PackedBinaryConv2d for m in producers)
+    used = []
+    for c in convs:
+        c.register_forward_pre_hook(lambda mod, args: used.append(_bits_for_me(args[0], mod) is not None))
+    x = torch.randn(2, 3, 64 if name.endswith("18") else 32, 64 if name.endswith("18") else 32)
+    with torch.no_grad():
+        assert torch.equal(linked(x), plain(x))
+    assert sum(used) == len(convs) - 1
+    # stale bits: a producer's output changed in place, or the consumer's shift changed after emission
+    unit = producers[0]
+    nxt = unit.__dict__["_emit_for"]
+    h = torch.randn(2, unit.conv.in_channels, 16, 16)
+    with torch.no_grad():
+        y = unit(h)
+        assert _bits_for_me(y, nxt) is not None
+        y.mul_(-1)
+        assert _bits_for_me(y, nxt) is None
+        y = unit(h)
+        if nxt.shift is not None:
+            nxt.shift.add_(0.5)
+        else:
+            nxt.register_buffer("shift", torch.full((nxt.in_channels,), 0.5))
+        assert _bits_for_me(y, nxt) is None
+
+
 def test_packed_conv_residual_argument():
     torch.manual_seed(3)
     layer = BinaryConv2d(20, 12, 3, 2, 1, bias=True, input_binarizer="approx_sign").eval()

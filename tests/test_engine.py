@@ -237,6 +237,17 @@ def test_conv_epilogue_scale_bias():
                                    rtol=1e-6, atol=1e-5)
 
 
+def epilogue_case(case, seed: int, bias_std: float):
+    """(rng, x, packed weights, tapsum, per-filter scale and bias) for a conv case tuple."""
+    n, c, h, w, f, k, s, p, d, g = case
+    rng = np.random.default_rng(sum(case) + seed)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(rng.standard_normal((f, c // g, k, k)).astype(np.float32))
+    scale = rng.uniform(0.01, 1.0, f).astype(np.float32)
+    bias = (rng.standard_normal(f) * bias_std).astype(np.float32)
+    return rng, x, bits, tapsum, scale, bias
+
+
 @pytest.mark.parametrize("case", [(1, 64, 12, 11, 16, 3, 1, 1, 1, 1), (3, 63, 7, 7, 5, 3, 2, 1, 1, 1),
                                   (3, 130, 6, 5, 8, 3, 2, 1, 1, 2), (1, 64, 56, 56, 8, 3, 1, 1, 1, 1),
                                   (1, 512, 7, 7, 24, 3, 1, 1, 1, 1)],
@@ -244,12 +255,7 @@ def test_conv_epilogue_scale_bias():
 def test_conv_fused_residual_is_the_separate_add(case):
     """y = conv(x) + residual fused into the epilogue: bit for bit the float32 add of the two."""
     n, c, h, w, f, k, s, p, d, g = case
-    rng = np.random.default_rng(sum(case) + 1)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    wt = rng.standard_normal((f, c // g, k, k)).astype(np.float32)
-    bits, tapsum = engine.pack_conv_weight(wt)
-    scale = rng.uniform(0.01, 1.0, f).astype(np.float32)
-    bias = rng.standard_normal(f).astype(np.float32)
+    rng, x, bits, tapsum, scale, bias = epilogue_case(case, seed=1, bias_std=1.0)
     kw = dict(groups=g, kernel_size=k, stride=s, padding=p, dilation=d, scale=scale, bias=bias)
     for path in PATHS:
         for t in THREADS:
@@ -280,6 +286,75 @@ def test_conv_residual_and_out_are_checked():
     with pytest.raises(ValueError):  # out may not overlap the input
         engine._C.conv2d(x, bits, tapsum, 1, (3, 3), (1, 1), (1, 1), (1, 1), (5, 5), None, None, None, False,
                          "auto", 1, None, None, x[:, :2])
+
+
+@pytest.mark.parametrize("case", [(1, 64, 12, 11, 16, 3, 1, 1, 1, 1), (3, 63, 7, 7, 70, 3, 2, 1, 1, 1),
+                                  (2, 130, 6, 5, 130, 3, 1, 1, 1, 2), (1, 64, 56, 56, 64, 3, 1, 1, 1, 1),
+                                  (1, 40, 9, 9, 200, 3, 1, 1, 1, 1), (2, 12, 8, 7, 6, 3, 1, 1, 1, 3),
+                                  (1, 256, 14, 14, 256, 3, 1, 1, 1, 2)],
+                         ids=lambda c: "n{}c{}_{}x{}_f{}_k{}s{}p{}d{}g{}".format(*c))
+def test_conv_emits_the_bits_pack_nchw_would_give(case):
+    """emit='bits' / 'both': the signs of the float result (+ the next layer's shift), packed channels-last,
+    equal to pack_nchw of that result, for whole and partial words, groups, residual and RPReLU."""
+    n, c, h, w, f, k, s, p, d, g = case
+    rng, x, bits, tapsum, scale, bias = epilogue_case(case, seed=7, bias_std=3.0)
+    next_shift = (rng.standard_normal(f) * 2).astype(np.float32)
+    act = np.stack([rng.standard_normal(f), rng.uniform(0.1, 1, f), rng.standard_normal(f)]).astype(np.float32)
+    kw = dict(groups=g, kernel_size=k, stride=s, padding=p, dilation=d, scale=scale, bias=bias)
+    for path in PATHS:
+        for t in THREADS:
+            y = engine.conv2d(x, bits, tapsum, path=path, num_threads=t, **kw)
+            r = rng.standard_normal(y.shape).astype(np.float32)
+            for extra in ({}, {"residual": r}, {"residual": r, "rprelu": act}):
+                want_y = engine.conv2d(x, bits, tapsum, path=path, num_threads=t, **kw, **extra)
+                for sh in (None, next_shift):
+                    want = engine.pack_nchw(want_y, sh, path=path)
+                    got = engine.conv2d(x, bits, tapsum, path=path, num_threads=t, emit="bits", out_shift=sh,
+                                        **kw, **extra)
+                    assert isinstance(got, engine.PackedActivations) and got.shape == want_y.shape
+                    np.testing.assert_array_equal(got.words, want, err_msg=f"path={path} threads={t}")
+                    y2, b2 = engine.conv2d(x, bits, tapsum, path=path, num_threads=t, emit="both", out_shift=sh,
+                                           **kw, **extra)
+                    np.testing.assert_array_equal(y2.view(np.int32), want_y.view(np.int32))
+                    np.testing.assert_array_equal(b2.words, want)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv_takes_packed_activations(groups):
+    """A layer fed PackedActivations (the previous layer's bits) gives what it gives on the floats."""
+    rng = np.random.default_rng(11 + groups)
+    x = rng.standard_normal((2, 128, 9, 10)).astype(np.float32)
+    shift = rng.standard_normal(128).astype(np.float32) * 0.5
+    w1 = rng.standard_normal((128, 128 // groups, 3, 3)).astype(np.float32)
+    b1, t1 = engine.pack_conv_weight(w1)
+    for path in PATHS:
+        for t in THREADS:
+            y, xb = engine.conv2d(x, b1, t1, groups=groups, kernel_size=3, padding=1, emit="both", out_shift=shift,
+                                  path=path, num_threads=t)
+            ref = engine.conv2d(y, b1, t1, groups=groups, kernel_size=3, stride=2, padding=1, shift=shift,
+                                accumulate=True, path=path, num_threads=t)
+            got = engine.conv2d(xb, b1, t1, groups=groups, kernel_size=3, stride=2, padding=1, accumulate=True,
+                                path=path, num_threads=t)
+            np.testing.assert_array_equal(got, ref)
+            np.testing.assert_array_equal(ref, ref_conv(y, w1, shift, (2, 2), (1, 1), (1, 1), groups))
+
+
+def test_packed_activations_are_checked():
+    x = np.zeros((1, 70, 5, 5), np.float32)
+    bits, tapsum = engine.pack_conv_weight(np.ones((70, 70, 3, 3), np.float32))
+    xb = engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1, emit="bits")
+    assert xb.words.shape == (1, 5, 5, 2) and xb.words.dtype == np.uint64
+    with pytest.raises(ValueError, match="emit"):
+        engine.conv2d(x, bits, tapsum, kernel_size=3, emit="int")
+    with pytest.raises(ValueError, match="out_shift"):
+        engine.conv2d(x, bits, tapsum, kernel_size=3, out_shift=np.zeros(70, np.float32))
+    with pytest.raises(ValueError, match="shift"):
+        engine.conv2d(xb, bits, tapsum, kernel_size=3, shift=np.zeros(70, np.float32))
+    b2, t2 = engine.pack_conv_weight(np.ones((8, 35, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="words per pixel"):  # 2 groups of 35 channels read 2 words, not 1
+        engine.conv2d(engine.PackedActivations(xb.words[..., :1], 70), b2, t2, groups=2, kernel_size=3)
+    with pytest.raises(ValueError, match="accumulate"):
+        engine.conv2d(x, bits, tapsum, kernel_size=3, emit="bits", accumulate=True)
 
 
 POOL_CASES = [(1, 64, 112, 112, 3, 2, 1), (2, 5, 9, 11, 3, 2, 1), (1, 3, 7, 8, 2, 2, 0), (1, 4, 10, 10, 3, 1, 1),

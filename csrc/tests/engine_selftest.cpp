@@ -139,6 +139,41 @@ void test_conv(std::mt19937& rng, Path path) {
         ok &= ya[i] == (t > 0.0f ? t : sl * t) + z && yn[i] == (u > 0.0f ? u : sl * u) + z;
       }
       check(ok, "conv2d fused rprelu", path_name(path));
+      // packed-bits output: the signs of ya + a threshold, channels-last, with and without the float;
+      // then those bits as the input of a layer with F input channels (accumulators against the floats)
+      const int64_t wf = words_for(p.F), npix = p.N * p.OH * p.OW;
+      std::vector<float> osh = randoms(rng, p.F), yb(y.size());
+      std::vector<uint64_t> bits(npix * wf, ~uint64_t{0}), bits2(npix * wf, ~uint64_t{0});
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), yb.data(),
+             nullptr, path, nt, r.data(), act.data(), nullptr, bits.data(), osh.data());
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), nullptr,
+             nullptr, path, nt, r.data(), act.data(), nullptr, bits2.data(), osh.data());
+      ok = yb == ya && bits == bits2;
+      for (int64_t q = 0; q < npix; ++q) {
+        const int64_t n = q / (p.OH * p.OW), pix = q % (p.OH * p.OW);
+        for (int64_t wd = 0; wd < wf; ++wd) {
+          uint64_t want = 0;
+          for (int64_t b = 0; b < 64 && 64 * wd + b < p.F; ++b) {
+            const int64_t f = 64 * wd + b;
+            want |= static_cast<uint64_t>(ya[(n * p.F + f) * p.OH * p.OW + pix] + osh[f] >= 0.0f) << b;
+          }
+          ok &= bits[q * wf + wd] == want;
+        }
+      }
+      check(ok, "conv2d packed-bits output", path_name(path));
+      ConvParams q = p;  // next layer: F -> F channels, 3x3, stride 1, pad 1, on the OH x OW output
+      q.C = p.F, q.H = p.OH, q.W = p.OW, q.F = 3, q.KH = q.KW = 3, q.sh = q.sw = q.dh = q.dw = 1, q.ph = q.pw = 1;
+      q.groups = 1, q.OH = p.OH, q.OW = p.OW, q.ldb = round_up(9 * wf, 8);
+      q.xstrides[0] = p.F * p.OH * p.OW, q.xstrides[1] = p.OH * p.OW, q.xstrides[2] = p.OW, q.xstrides[3] = 1;
+      const std::vector<float> w2 = randoms(rng, q.F * q.C * 9);
+      std::vector<uint64_t> wb2(q.F * q.ldb);
+      std::vector<int32_t> ts2(q.F * 9), a1(q.F * npix), a2(q.F * npix);
+      pack_conv_weight(w2.data(), q.F, q.C, 3, 3, wb2.data(), q.ldb, ts2.data());
+      conv2d(q, ya.data(), osh.data(), wb2.data(), nullptr, ts2.data(), nullptr, nullptr, nullptr, a1.data(), path,
+             nt);
+      conv2d(q, nullptr, nullptr, wb2.data(), nullptr, ts2.data(), nullptr, nullptr, nullptr, a2.data(), path, nt,
+             nullptr, nullptr, bits.data());
+      check(a1 == a2, "conv2d packed-bits input", path_name(path));
     }
   }
 }

@@ -11,7 +11,7 @@
 The engine (``onebit._engine``) is compiled by the package build; its AVX2 and AVX-512 kernels
 are chosen at run time from the CPU's features (``available_paths()``, ``set_path()``).
 """
-from .engine import (available_paths, best_path, bgemm, conv2d, cpu_features, get_num_threads, get_path, linear,
+from .engine import (PackedActivations, available_paths, best_path, bgemm, conv2d, cpu_features, get_num_threads, get_path, linear,
                      pack_conv_weight, pack_nchw, pack_rows, set_num_threads, set_path, set_thread_backend, split_weights,
                      thread_backend,
                      weight_layout)
@@ -21,7 +21,7 @@ from .file import (PackedFileError, float32_bytes, is_packed_file, load, load_wi
                    theoretical_bytes)
 
 __all__ = [
-    "NotPackable", "PackWarning", "PackedBinaryConv2d", "PackedBinaryLinear", "available_paths", "best_path",
+    "NotPackable", "PackWarning", "PackedActivations", "PackedBinaryConv2d", "PackedBinaryLinear", "available_paths", "best_path",
     "bgemm", "conv2d", "cpu_features", "get_num_threads", "get_path", "linear", "pack", "pack_conv_weight",
     "pack_nchw", "pack_rows", "set_num_threads", "set_path", "set_thread_backend", "split_weights",
     "thread_backend", "weight_layout",

@@ -16,7 +16,7 @@ bits of the last word of a row are 0.  Dot products come out as ``K - 2 popcount
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -164,6 +164,21 @@ def _pair(v) -> Tuple[int, int]:
 
 # --- kernels ----------------------------------------------------------------------------------
 
+class PackedActivations(NamedTuple):
+    """The signs of an NCHW activation, packed channels-last as :func:`pack_nchw` leaves them:
+    ``words`` uint64 [N, H, W, ceil(channels / 64)] (bit c % 64 of word c // 64 is 1 for +1), the
+    form in which :func:`conv2d` hands its result to the next binary layer (``emit='bits'``) and
+    takes its input."""
+    words: np.ndarray
+    channels: int
+
+    @property
+    def shape(self) -> Tuple[int, int, int, int]:
+        """The NCHW shape of the activation these bits stand for."""
+        n, h, w, _ = self.words.shape
+        return (n, self.channels, h, w)
+
+
 def pack_rows(a, shift=None, *, path: Optional[str] = None, num_threads: Optional[int] = None) -> np.ndarray:
     """float32 [M, K] -> uint64 [M, ceil(K/64)]: bit k of row m is 1 iff a[m, k] + shift[k] >= 0."""
     return _C.pack_rows(as_f32(a), _opt_f32(shift), _resolve(path), _threads(num_threads))
@@ -200,38 +215,67 @@ def split_weights(wbits, kw: int) -> np.ndarray:
     return _C.split_weights(as_u64(wbits), int(kw))
 
 
+EMITS = ("float", "bits", "both")
+
+
 def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=0, dilation=1,
            out_size: Optional[Sequence[int]] = None, shift=None, scale=None, bias=None,
-           accumulate: bool = False, wsplit=None, residual=None, out=None, rprelu=None, path: Optional[str] = None,
-           num_threads: Optional[int] = None) -> np.ndarray:
+           accumulate: bool = False, wsplit=None, residual=None, out=None, rprelu=None, emit: str = "float",
+           out_shift=None, path: Optional[str] = None, num_threads: Optional[int] = None):
     """Binary convolution of float32 NCHW ``x`` (any strides) against packed weights.
 
-    Activations are binarized as x + shift[c] >= 0.  ``padding`` is (top, left); the output size
-    defaults to the symmetric-padding size.  Returns float32 NCHW ``acc * scale[f] + bias[f]``, or
-    with ``accumulate=True`` the exact int32 accumulators (padded taps contribute 0).
+    Activations are binarized as x + shift[c] >= 0; ``x`` may also be :class:`PackedActivations`
+    (the previous layer's ``emit='bits'`` output: no float input and no packing pass; ``shift`` is
+    then already applied).  ``padding`` is (top, left); the output size defaults to the
+    symmetric-padding size.  Returns float32 NCHW ``acc * scale[f] + bias[f]``, or with
+    ``accumulate=True`` the exact int32 accumulators (padded taps contribute 0).
     ``residual`` (C-contiguous float32, the output's shape) is added in the epilogue, rounded as
     ``(acc * scale + bias) + residual`` computed in two steps; ``out`` (same kind of array, it may
     be the residual itself, not the input) receives the result in place of a new array.
     ``rprelu`` (float32 [3, F]: gamma, slope, zeta) applies RPReLU last, as ``RPReLU`` does in torch:
     ``t = y - gamma; (t if t > 0 else slope * t) + zeta``.
+    ``emit``: ``'float'`` (the float output), ``'bits'`` (only the signs of that output as the next
+    binary layer reads them, y + out_shift[f] >= 0, as :class:`PackedActivations`) or ``'both'``
+    (a tuple (float, bits)).  The bits equal ``pack_nchw(float output, out_shift)``.
     """
-    xa = as_f32(x, contiguous=False)
-    if xa.ndim != 4:
-        raise ValueError(f"conv2d expects a 4-D input (N, C, H, W), got shape {xa.shape}")
+    if emit not in EMITS:
+        raise ValueError(f"unknown emit {emit!r}; allowed: {', '.join(EMITS)}")
+    if out_shift is not None and emit == "float":
+        raise ValueError("out_shift is the next layer's threshold: it goes with emit='bits' or 'both'")
+    if isinstance(x, PackedActivations):
+        xa, xbits, in_ch = None, as_u64(x.words), int(x.channels)
+        if xbits.ndim != 4:
+            raise ValueError(f"PackedActivations.words must be 4-D (N, H, W, words), got shape {xbits.shape}")
+        if shift is not None:
+            raise ValueError("shift binarizes a float input; PackedActivations are binarized already "
+                             "(give the threshold as out_shift to the layer that emitted them)")
+        n, h, w = xbits.shape[:3]
+    else:
+        xa, xbits, in_ch = as_f32(x, contiguous=False), None, -1
+        if xa.ndim != 4:
+            raise ValueError(f"conv2d expects a 4-D input (N, C, H, W), got shape {xa.shape}")
+        h, w = xa.shape[2], xa.shape[3]
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     dh, dw = _pair(dilation)
     if out_size is None:
-        out_size = ((xa.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-                    (xa.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        out_size = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
     oh, ow = _pair(out_size)
     ws = None if wsplit is None else as_u64(wsplit)
     res = None if residual is None else (residual.detach().numpy() if isinstance(residual, torch.Tensor) else residual)
     o = None if out is None else (out.detach().numpy() if isinstance(out, torch.Tensor) else out)
-    return _C.conv2d(xa, as_u64(wbits), np.ascontiguousarray(tapsum, dtype=np.int32), int(groups), (kh, kw),
-                     (sh, sw), (ph, pw), (dh, dw), (oh, ow), _opt_f32(shift), _opt_f32(scale), _opt_f32(bias),
-                     bool(accumulate), _resolve(path), _threads(num_threads), ws, res, o, _opt_f32(rprelu))
+    y = _C.conv2d(xa, as_u64(wbits), np.ascontiguousarray(tapsum, dtype=np.int32), int(groups), (kh, kw),
+                  (sh, sw), (ph, pw), (dh, dw), (oh, ow), _opt_f32(shift), _opt_f32(scale), _opt_f32(bias),
+                  bool(accumulate), _resolve(path), _threads(num_threads), ws, res, o,
+                  None if rprelu is None else as_f32(rprelu),
+                  xbits, in_ch, emit != "float", emit != "bits", _opt_f32(out_shift))
+    f = as_u64(wbits).shape[0]
+    if emit == "bits":
+        return PackedActivations(y, f)
+    if emit == "both":
+        return y[0], PackedActivations(y[1], f)
+    return y
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, *, path: Optional[str] = None,
