@@ -221,20 +221,9 @@ void split_rows(const uint64_t* B, int64_t N, int64_t ldb, int64_t kw, uint64_t*
 void pack_nchw(const float* x, int64_t N, int64_t C, int64_t H, int64_t W, const int64_t s[4], const float* shift,
                int64_t G, uint64_t* out, bool avx2, int nthreads) {
   const int64_t Cg = C / G, Wg = words_for(Cg), ldp = G * Wg, HW = H * W;
-  if (s[1] == 1 && C > 1) {  // channels-last: each pixel's channels are contiguous
-    parallel_for(N * H, nthreads, [&](int64_t t) {
-      const int64_t n = t / H, h = t % H;
-      for (int64_t w = 0; w < W; ++w) {
-        const float* px = x + n * s[0] + h * s[2] + w * s[3];
-        uint64_t* o = out + ((n * H + h) * W + w) * ldp;
-        for (int64_t g = 0; g < G; ++g)
-          pack_row(px + g * Cg, Cg, shift ? shift + g * Cg : nullptr, o + g * Wg, Wg, avx2);
-      }
-    });
-    return;
-  }
+  const bool channels_last = s[1] == 1 && C > 1;  // each pixel's channels are contiguous
 #if ONEBIT_X86
-  if (avx2 && (s[3] == 1 || W == 1)) {
+  if (avx2 && !channels_last && (s[3] == 1 || W == 1)) {
     const bool plane = (s[2] == W || H == 1);  // the whole H x W plane is one contiguous run
     if (plane) {
       const int64_t chunk = 128, nchunks = (HW + chunk - 1) / chunk;
@@ -251,13 +240,16 @@ void pack_nchw(const float* x, int64_t N, int64_t C, int64_t H, int64_t W, const
     return;
   }
 #endif
-  parallel_for(N * H, nthreads, [&](int64_t t) {
+  parallel_for(N * H, nthreads, [&](int64_t t) {  // pixel by pixel
     const int64_t n = t / H, h = t % H;
     for (int64_t w = 0; w < W; ++w) {
       const float* px = x + n * s[0] + h * s[2] + w * s[3];
       uint64_t* o = out + ((n * H + h) * W + w) * ldp;
-      for (int64_t g = 0; g < G; ++g)
-        pack_strided_scalar(px + g * Cg * s[1], s[1], Cg, shift ? shift + g * Cg : nullptr, o + g * Wg);
+      for (int64_t g = 0; g < G; ++g) {
+        const float* sg = shift ? shift + g * Cg : nullptr;
+        if (channels_last) pack_row(px + g * Cg, Cg, sg, o + g * Wg, Wg, avx2);
+        else pack_strided_scalar(px + g * Cg * s[1], s[1], Cg, sg, o + g * Wg);
+      }
     }
   });
 }

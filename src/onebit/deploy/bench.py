@@ -64,6 +64,27 @@ def time_interleaved(fns: dict, repeats: int, warmup: int) -> dict:
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
+def _time_grid(variants: dict, inputs: list, thread_counts: Sequence[int], repeats: int, warmup: int, base: str,
+               layers=None, log=None) -> list[dict]:
+    """One row per (batch, input) in ``inputs`` and thread count: the median ms of every variant
+    (timed interleaved), ``speedup`` = base / packed, and ``layers(x)`` when given."""
+    runs = []
+    for b, x in inputs:
+        for n in thread_counts:
+            with threads(n):
+                row = {"batch": b, "threads": n}
+                ms = time_interleaved({k: (lambda m=m: m(x)) for k, m in variants.items()}, repeats, warmup)
+                row.update({f"{k}_ms": v for k, v in ms.items()})
+                row["speedup"] = row[f"{base}_ms"] / row["packed_ms"]
+                if layers is not None:
+                    row["layers"] = layers(x)
+                if log:
+                    log(f"  batch {b:3d}  threads {n}: {base} {row[f'{base}_ms']:9.3f} ms  packed "
+                        f"{row['packed_ms']:9.3f} ms  x{row['speedup']:.2f}")
+                runs.append(row)
+    return runs
+
+
 def _units(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Leaf modules (binary, packed and int8 layers count as leaves), nn.Identity left out."""
     out = []
@@ -163,22 +184,10 @@ def bench_model(spec, batches: Sequence[int] = (1, 32), thread_counts: Sequence[
             variants[tw] = create_model(tw, **config).eval()
         except Exception:  # a twin that does not take these kwargs: left out
             tw = None
-    runs = []
-    for b in batches:
-        x = torch.randn(b, *size, generator=torch.Generator().manual_seed(0))
-        for n in thread_counts:
-            with threads(n):
-                row = {"batch": b, "threads": n}
-                ms = time_interleaved({k: (lambda m=m: m(x)) for k, m in variants.items()}, repeats, warmup)
-                row.update({f"{k}_ms": v for k, v in ms.items()})
-                row["speedup"] = row["float32_ms"] / row["packed_ms"]
-                if per_layer:
-                    row["layers"] = {label: time_layers(variants[label], x, repeats, min(warmup, 1))
-                                     for label in ("float32", "packed")}
-                if log:
-                    log(f"  batch {b:3d}  threads {n}: float32 {row['float32_ms']:9.2f} ms  packed "
-                        f"{row['packed_ms']:9.2f} ms  x{row['speedup']:.2f}")
-                runs.append(row)
+    inputs = [(b, torch.randn(b, *size, generator=torch.Generator().manual_seed(0))) for b in batches]
+    layers = (lambda x: {label: time_layers(variants[label], x, repeats, min(warmup, 1))
+                         for label in ("float32", "packed")}) if per_layer else None
+    runs = _time_grid(variants, inputs, thread_counts, repeats, warmup, "float32", layers, log)
     return {"kind": "model", "model": name, "model_kwargs": config, "spec": spec if isinstance(spec, str) else name,
             "input_size": list(size), "twin": tw, "repeats": repeats, "warmup": warmup,
             "engine_path": engine.best_path(), "engine_threads": engine.thread_backend(), "machine": machine_info(),
@@ -245,19 +254,8 @@ def bench_layer(kind: str, shape, batches: Sequence[int] = (1, 32), thread_count
         raise ValueError(f"--layer must be conv or linear, got {kind!r}")
     binary.eval()
     variants = {"fp32": fp.eval(), "binary_float32": binary, "packed": pack(nn.Sequential(binary).eval())[0]}
-    runs = []
-    for b, xs in inputs:
-        x = torch.randn(*xs, generator=torch.Generator().manual_seed(1))
-        for n in thread_counts:
-            with threads(n):
-                row = {"batch": b, "threads": n}
-                ms = time_interleaved({k: (lambda m=m: m(x)) for k, m in variants.items()}, repeats, warmup)
-                row.update({f"{k}_ms": v for k, v in ms.items()})
-                row["speedup"] = row["fp32_ms"] / row["packed_ms"]
-                if log:
-                    log(f"  batch {b:3d}  threads {n}: fp32 {row['fp32_ms']:8.3f} ms  packed {row['packed_ms']:8.3f} ms"
-                        f"  x{row['speedup']:.2f}")
-                runs.append(row)
+    inputs = [(b, torch.randn(*xs, generator=torch.Generator().manual_seed(1))) for b, xs in inputs]
+    runs = _time_grid(variants, inputs, thread_counts, repeats, warmup, "fp32", None, log)
     return {"kind": "layer", "layer": kind, "shape": list(_parse_ints(shape, 3, 6, kind)), "label": label,
             "repeats": repeats, "warmup": warmup, "engine_path": engine.best_path(),
             "engine_threads": engine.thread_backend(), "machine": machine_info(),
