@@ -16,8 +16,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from onebit.train import load_recipe, train
 from onebit.train.loop import git_commit, machine_info
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from experiment import run_or_resume  # noqa: E402
+from machine import write_json  # noqa: E402
 
 
 def reste(**kw):
@@ -52,19 +55,14 @@ def main(argv=None) -> int:
         spec = json.dumps(CONFIGS[cfg])
         accs = []
         for seed in args.seeds:
-            run = Path(args.runs) / f"{cfg}-s{seed}"
-            if (run / "results.json").is_file():
-                res = json.loads((run / "results.json").read_text())
-            else:
-                sets = [f"model.input_binarizer={spec}", f"model.weight_binarizer={spec}",
-                        f"train.epochs={args.epochs}", f"seed={seed}", f"data.root={args.data}"]
-                if args.threads:
-                    sets.append(f"train.threads={args.threads}")
-                resume = (run / "last.pt").is_file()
-                res = train(None if resume else load_recipe("reste-resnet20-cifar10", sets), run, resume=resume)
-                if res.get("interrupted"):
-                    print("interrupted; run the same command again to continue")
-                    return 130
+            sets = [f"model.input_binarizer={spec}", f"model.weight_binarizer={spec}",
+                    f"train.epochs={args.epochs}", f"seed={seed}", f"data.root={args.data}"]
+            if args.threads:
+                sets.append(f"train.threads={args.threads}")
+            res = run_or_resume("reste-resnet20-cifar10", sets, Path(args.runs) / f"{cfg}-s{seed}")
+            if res is None:
+                print("interrupted; run the same command again to continue")
+                return 130
             accs.append(res["metrics"]["best_val_top1"])
         summary[cfg] = {"estimator": CONFIGS[cfg], "seeds": args.seeds, "best_val_top1": accs,
                         "mean": statistics.mean(accs), "spread": (max(accs) - min(accs)) / 2,
@@ -72,8 +70,7 @@ def main(argv=None) -> int:
         print(f"{cfg:16s} {summary[cfg]['mean']:.2f} +- {summary[cfg]['spread']:.2f}  {accs}")
     out = {"command": "python benchmarks/reste_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "epochs": args.epochs, "commit": git_commit(), "machine": machine_info(), "results": summary}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    write_json(out, args.out)
     return 0
 
 

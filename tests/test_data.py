@@ -106,6 +106,23 @@ def test_wrong_layout_says_what_is_expected(tmp_path):
         load_image_folder(tmp_path, "train")
 
 
+def test_train_per_class_keeps_a_seeded_subset_and_the_same_validation():
+    spec = {"name": "synthetic", "n": 600, "val_n": 100, "num_classes": 5, "seed": 3,
+            "val_split": {"per_class": 20, "seed": 1}}
+    train, val = build_dataset(spec)
+    sub, val2 = build_dataset({**spec, "train_per_class": 30})
+    assert np.array_equal(val.labels, val2.labels) and np.array_equal(val.images, val2.images)
+    assert sub.class_counts().tolist() == [30] * 5
+    # every kept image is one of the training images, drawn the same way each time
+    again, _ = build_dataset({**spec, "train_per_class": 30})
+    assert np.array_equal(again.images, sub.images)
+    rows = {im.tobytes() for im in train.images}
+    assert all(im.tobytes() in rows for im in sub.images)
+    for bad in (0, -1, 2.5, True, 10 ** 6):
+        with pytest.raises(DataError, match="train_per_class"):
+            build_dataset({**spec, "train_per_class": bad})
+
+
 def test_build_dataset_folder(folder):
     train, val = build_dataset({"name": "folder", "root": str(folder)})
     assert (len(train), len(val)) == (6, 2) and val.class_names == ["cat", "dog"]

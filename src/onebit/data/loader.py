@@ -118,6 +118,25 @@ def _holdout(train: ArrayDataset, val_split: dict):
 
 
 def build_dataset(spec: dict):
+    """(train_ds, val_ds) from a spec dict; ``val_ds`` may be None.  See :func:`_build_dataset`
+    for the names; ``train_per_class`` (an int, or None for all) keeps a seeded, stratified subset
+    of that many training images per class (drawn after the validation hold-out, with the
+    hold-out's seed: the validation images stay the same), for reduced-budget experiments."""
+    train, val = _build_dataset(spec)
+    k = spec.get("train_per_class")
+    if k is None:
+        return train, val
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DataError(f"data.train_per_class must be a positive integer or null, got {k!r}")
+    counts = np.bincount(np.asarray(train.labels, dtype=np.int64))
+    if k > counts[counts > 0].min():
+        raise DataError(f"data.train_per_class={k} but a class has only {counts[counts > 0].min()} training "
+                        f"images; choose at most that or null for all")
+    _, keep = holdout_split(train.labels, per_class=k, seed=(spec.get("val_split") or {}).get("seed", 0))
+    return train.subset(keep), val
+
+
+def _build_dataset(spec: dict):
     """(train_ds, val_ds) from a spec dict; ``val_ds`` may be None.
 
     ``spec["name"]`` is one of:

@@ -55,6 +55,7 @@ DEFAULTS: dict = {
         "n": None,                   # synthetic: training images, validation images, classes
         "val_n": None,
         "num_classes": None,
+        "train_per_class": None,     # a seeded per-class subset of the training images (null: all)
     },
     "train": {
         "epochs": 1,
