@@ -12,9 +12,7 @@ interleaved round by round; medians.  Writes results/link_bits.json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +20,11 @@ import torch
 
 import onebit
 from onebit.deploy import engine, pack
+from onebit.deploy.bench import time_interleaved
 from onebit.train.loop import git_commit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_flags, cpu_name, write_json  # noqa: E402
-
-
-def interleaved(fns: dict, rounds: int) -> dict:
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: round(1e3 * statistics.median(v), 4) for k, v in times.items()}
 
 
 def layer_cases(c: int, hw: int, rounds: int) -> dict:
@@ -45,13 +34,13 @@ def layer_cases(c: int, hw: int, rounds: int) -> dict:
     kw = dict(kernel_size=3, padding=1, scale=np.ones(c, np.float32), bias=np.zeros(c, np.float32),
               wsplit=engine.split_weights(bits, 9 * ((c + 63) // 64)), num_threads=1)
     xb = engine.conv2d(x, bits, tapsum, emit="bits", **kw)
-    return interleaved({
+    return time_interleaved({
         "float_in_float_out": lambda: engine.conv2d(x, bits, tapsum, **kw),
         "float_in_both_out": lambda: engine.conv2d(x, bits, tapsum, emit="both", **kw),
         "bits_in_float_out": lambda: engine.conv2d(xb, bits, tapsum, **kw),
         "bits_in_both_out": lambda: engine.conv2d(xb, bits, tapsum, emit="both", **kw),
         "pack_nchw": lambda: engine.pack_nchw(x, num_threads=1),
-    }, rounds)
+    }, rounds, 0)
 
 
 def main(argv=None) -> int:
@@ -70,7 +59,7 @@ def main(argv=None) -> int:
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(plain(x), linked(x)), "linked logits differ"
-        e2e = interleaved({"unlinked": lambda: plain(x), "linked": lambda: linked(x)}, args.reps)
+        e2e = time_interleaved({"unlinked": lambda: plain(x), "linked": lambda: linked(x)}, args.reps, 0)
     print(f"Bi-Real ResNet-18 224x224: unlinked {e2e['unlinked']:.2f} ms  linked {e2e['linked']:.2f} ms")
     write_json({"command": "python benchmarks/link_bits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 "cpu": cpu_name(), "cpu_flags": cpu_flags(), "engine_path": engine.best_path(),

@@ -65,8 +65,10 @@ Scratch& scratch() {
   return s;
 }
 
-int32_t* tile_buffer(int64_t count) {
-  thread_local std::vector<int32_t> t;
+// a grow-only per-thread buffer of T for one tile
+template <typename T = int32_t>
+T* tile_buffer(int64_t count) {
+  thread_local std::vector<T> t;
   if (static_cast<int64_t>(t.size()) < count) t.resize(count);
   return t.data();
 }
@@ -385,12 +387,6 @@ struct Im2col {
   }
 };
 
-float* tile_floats(int64_t count) {
-  thread_local std::vector<float> t;
-  if (static_cast<int64_t>(t.size()) < count) t.resize(count);
-  return t.data();
-}
-
 uint64_t* thread_block(int64_t words) {
   thread_local Scratch s;
   return s.get<uint64_t>(0, words);
@@ -531,7 +527,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     bd.apply(T, mp, p0, mc, p.F, f0, fc);
     // the float results go to out_f, or (bits only) to a tile buffer: y of filter f0 + j, pixel p0 + i
     // at yb[j * ys + i]
-    float* yb = out_f ? out_f + (n * p.F + f0) * OHW + p0 : tile_floats(fc * mc);
+    float* yb = out_f ? out_f + (n * p.F + f0) * OHW + p0 : tile_buffer<float>(fc * mc);
     const int64_t ys = out_f ? OHW : mc;
     for (int64_t j = 0; j < fc; ++j) {
       const int32_t* a = T + j * mp;
