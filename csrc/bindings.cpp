@@ -96,7 +96,7 @@ py::array_t<uint64_t> py_pack_nchw(const FArr& x, const std::optional<CArr<float
   const int nt = check_threads(num_threads);
   {
     py::gil_scoped_release nogil;
-    pack_nchw(src, N, C, H, W, s, sh, groups, o, p != Path::Portable && cpu_features().avx2, nt);
+    pack_nchw(src, N, C, H, W, s, sh, groups, o, pack_isa(p), nt);
   }
   return out;
 }

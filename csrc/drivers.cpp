@@ -367,6 +367,13 @@ struct Im2col {
                 src += 4 * n4;
               }
             }
+            if (!sp && step == 1) {  // whole panels of V contiguous words: one block copy each
+              for (; ow < hi && ((ib + ow - i0) & (v - 1)) != 0; ++ow, ++src) put(at(ib + ow) + toff, *src);
+              for (; ow + v <= hi; ow += v, src += v) {  // (constant sizes: inlined moves)
+                if (v == 8) std::memcpy(at(ib + ow) + toff, src, 64);
+                else std::memcpy(at(ib + ow) + toff, src, 32);
+              }
+            }
             for (; ow < hi; ++ow, src += step) put(at(ib + ow) + toff, *src);
           } else {
             for (int64_t ow = lo; ow < hi; ++ow) {
@@ -466,7 +473,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   const uint64_t* P = xbits;
   if (!P) {
     uint64_t* Pw = scratch().get<uint64_t>(0, p.N * HW * ldp);
-    pack_nchw(x, p.N, p.C, p.H, p.W, p.xstrides, shift, G, Pw, packs_with_avx2(path), nthreads);
+    pack_nchw(x, p.N, p.C, p.H, p.W, p.xstrides, shift, G, Pw, pack_isa(path), nthreads);
     P = Pw;
   }
 
@@ -543,11 +550,11 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     // 6. the signs of the result, channels-last, for the next binary layer
     if (bits_fused)  // f0 is a multiple of 64 here: the tile's filters fill whole words from word f0 / 64
       pack_pixels(yb, ys, mc, out_shift ? out_shift + f0 : nullptr, fc, out_bits + (n * OHW + p0) * wf + f0 / 64, wf,
-                  packs_with_avx2(path));
+                  pack_isa(path));
   });
   if (out_bits && !bits_fused) {
     const int64_t ys[4] = {p.F * OHW, OHW, p.OW, 1};
-    pack_nchw(out_f, p.N, p.F, p.OH, p.OW, ys, out_shift, 1, out_bits, packs_with_avx2(path), nthreads);
+    pack_nchw(out_f, p.N, p.F, p.OH, p.OW, ys, out_shift, 1, out_bits, pack_isa(path), nthreads);
   }
 }
 

@@ -127,16 +127,20 @@ void pack_rows_panels(const float* a, int64_t M, int64_t K, int64_t lda, const f
 // Row-major packed rows A[M, lda] (kw words used) -> panels of V interleaved rows.
 void interleave_panels(const uint64_t* A, int64_t M, int64_t lda, int64_t kw, int64_t V, bool split, uint64_t* out);
 
+// The SIMD level the activation packers use under kernel path `path` on this CPU: Portable, AVX2 or
+// AVX512 (the same bits whichever).
+Path pack_isa(Path path);
+
 // NCHW float (any element strides) -> out[((n * H + h) * W + w) * (G * Wg) + g * Wg + j], bits of
 // group g's channels g*Cg + 64 j + b; bit 1 iff x + shift[c] >= 0.
 void pack_nchw(const float* x, int64_t N, int64_t C, int64_t H, int64_t W, const int64_t strides[4],
-               const float* shift, int64_t groups, uint64_t* out, bool avx2, int nthreads);
+               const float* shift, int64_t groups, uint64_t* out, Path isa, int nthreads);
 
 // npix pixels of planar float data (pixel stride 1, channel stride sC) -> out[p * ldp + j], the
 // bits of channels 64 j .. 64 j + 63 of pixel p for the Cn channels (bit 1 iff x + shift[c] >= 0;
 // shift may be null); single-threaded, for a tile of a larger job.
 void pack_pixels(const float* base, int64_t sC, int64_t npix, const float* shift, int64_t Cn, uint64_t* out,
-                 int64_t ldp, bool avx2);
+                 int64_t ldp, Path isa);
 
 // Weights w[F, Cg, KH, KW] (contiguous) -> bits[F, ldb] laid out tap-major, channel-minor:
 // word (kh * KW + kw) * Wg + j holds channels 64 j .. 64 j + 63; words >= KH*KW*Wg are 0.

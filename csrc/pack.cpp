@@ -81,50 +81,99 @@ __attribute__((target("avx2"))) void pack_row_avx2(const float* r, int64_t K, co
 }
 
 // A run of npix pixels contiguous in memory (pixel stride 1), channel stride sC: for each pixel,
-// the Cg channels of each group go to words out[p * ldp + g * Wg + j].  Eight pixels at a time:
-// one compare per channel gives one bit for each of 8 pixels, ORed into 32-bit lanes (channels
-// 0-31 and 32-63 of a word), then interleaved into 64-bit words.
-__attribute__((target("avx2"))) void pack_transpose_avx2(const float* base, int64_t sC, int64_t npix,
-                                                         const float* shift, int64_t Cg, int64_t G,
-                                                         uint64_t* out, int64_t ldp) {
+// the Cg channels of each group go to words out[p * ldp + g * Wg + j].  Word::kPix pixels at a
+// time: Word::run(base, sC, shift, c0, cn, p, np, tmp) leaves in tmp[0..np) the words of channels
+// c0 .. c0 + cn - 1 (cn <= 64) of pixels p .. p + np - 1: one compare per channel gives one bit for
+// each of kPix pixels, ORed into 32-bit lanes (channels 0-31 and 32-63 of a word), then interleaved
+// into 64-bit words.
+template <class Word>
+void pack_transpose_with(const float* base, int64_t sC, int64_t npix, const float* shift, int64_t Cg, int64_t G,
+                         uint64_t* out, int64_t ldp) {
   const int64_t Wg = words_for(Cg);
-  const __m256 zero = _mm256_setzero_ps();
-  const __m256i one = _mm256_set1_epi32(1);
-  alignas(32) uint64_t tmp[8];
-  for (int64_t p = 0; p < npix; p += 8) {
-    const int64_t np = std::min<int64_t>(8, npix - p);
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(np)), lanes);
+  alignas(64) uint64_t tmp[Word::kPix];
+  for (int64_t p = 0; p < npix; p += Word::kPix) {
+    const int64_t np = std::min<int64_t>(Word::kPix, npix - p);
     for (int64_t g = 0; g < G; ++g) {
       for (int64_t j = 0; j < Wg; ++j) {
         const int64_t c0 = g * Cg + 64 * j, cn = std::min<int64_t>(64, Cg - 64 * j);
-        __m256i half[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
         if ((p & 15) == 0) {  // the channel rows are many parallel streams: prefetch 4 lines ahead
           for (int64_t c = 0; c < cn; ++c) __builtin_prefetch(base + (c0 + c) * sC + p + 64, 0, 0);
         }
-        for (int h = 0; h < 2; ++h) {
-          const int64_t cb = 32 * h, ce = std::min<int64_t>(cn, cb + 32);
-          __m256i acc = _mm256_setzero_si256(), bit = one;
-          for (int64_t c = cb; c < ce; ++c) {
-            const float* src = base + (c0 + c) * sC + p;
-            __m256 v = np == 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, mask);
-            if (shift) v = _mm256_add_ps(v, _mm256_set1_ps(shift[c0 + c]));
-            acc = _mm256_or_si256(acc, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GE_OQ)), bit));
-            bit = _mm256_add_epi32(bit, bit);
-          }
-          half[h] = acc;
-        }
-        const __m256i u0 = _mm256_unpacklo_epi32(half[0], half[1]);  // pixels 0 1 | 4 5
-        const __m256i u1 = _mm256_unpackhi_epi32(half[0], half[1]);  // pixels 2 3 | 6 7
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), _mm256_permute2x128_si256(u0, u1, 0x20));
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 4), _mm256_permute2x128_si256(u0, u1, 0x31));
+        Word::run(base, sC, shift, c0, cn, p, np, tmp);
         uint64_t* o = out + p * ldp + g * Wg + j;
         for (int64_t q = 0; q < np; ++q) o[q * ldp] = tmp[q];
       }
     }
   }
 }
+
+struct WordAvx2 {
+  static constexpr int kPix = 8;
+  __attribute__((target("avx2"))) static void run(const float* base, int64_t sC, const float* shift, int64_t c0,
+                                                  int64_t cn, int64_t p, int64_t np, uint64_t* tmp) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(np)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i half[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+    for (int h = 0; h < 2; ++h) {
+      const int64_t cb = 32 * h, ce = std::min<int64_t>(cn, cb + 32);
+      __m256i acc = _mm256_setzero_si256(), bit = _mm256_set1_epi32(1);
+      for (int64_t c = cb; c < ce; ++c) {
+        const float* src = base + (c0 + c) * sC + p;
+        __m256 v = np == 8 ? _mm256_loadu_ps(src) : _mm256_maskload_ps(src, mask);
+        if (shift) v = _mm256_add_ps(v, _mm256_set1_ps(shift[c0 + c]));
+        acc = _mm256_or_si256(acc, _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(v, zero, _CMP_GE_OQ)), bit));
+        bit = _mm256_add_epi32(bit, bit);
+      }
+      half[h] = acc;
+    }
+    const __m256i u0 = _mm256_unpacklo_epi32(half[0], half[1]);  // pixels 0 1 | 4 5
+    const __m256i u1 = _mm256_unpackhi_epi32(half[0], half[1]);  // pixels 2 3 | 6 7
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), _mm256_permute2x128_si256(u0, u1, 0x20));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 4), _mm256_permute2x128_si256(u0, u1, 0x31));
+  }
+};
+
+// AVX-512: 16 pixels per step, one compare into a mask register and one masked OR per channel (AVX2
+// needs compare, and, or per 8 pixels)
+struct WordAvx512 {
+  static constexpr int kPix = 16;
+  __attribute__((target("avx512f"))) static void run(const float* base, int64_t sC, const float* shift, int64_t c0,
+                                                     int64_t cn, int64_t p, int64_t np, uint64_t* tmp) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __mmask16 live = static_cast<__mmask16>(np == 16 ? 0xffffu : (1u << np) - 1u);
+    __m512i half[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+    for (int h = 0; h < 2; ++h) {
+      const int64_t cb = 32 * h, ce = std::min<int64_t>(cn, cb + 32);
+      __m512i acc = _mm512_setzero_si512(), bit = _mm512_set1_epi32(1);
+      for (int64_t c = cb; c < ce; ++c) {
+        const float* src = base + (c0 + c) * sC + p;
+        __m512 v = np == 16 ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(live, src);
+        if (shift) v = _mm512_add_ps(v, _mm512_set1_ps(shift[c0 + c]));
+        acc = _mm512_mask_or_epi32(acc, _mm512_cmp_ps_mask(v, zero, _CMP_GE_OQ), acc, bit);
+        bit = _mm512_add_epi32(bit, bit);
+      }
+      half[h] = acc;
+    }
+    // u0: pixels 0 1 4 5 8 9 12 13, u1: 2 3 6 7 10 11 14 15 (64-bit words), then back in order
+    const __m512i u0 = _mm512_unpacklo_epi32(half[0], half[1]);
+    const __m512i u1 = _mm512_unpackhi_epi32(half[0], half[1]);
+    _mm512_store_si512(tmp, _mm512_permutex2var_epi64(u0, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), u1));
+    _mm512_store_si512(tmp + 8, _mm512_permutex2var_epi64(u0, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), u1));
+  }
+};
 #endif
+
+// the transpose-pack of the given SIMD level (AVX2 or AVX-512; x86 only)
+void pack_transpose(Path isa, const float* base, int64_t sC, int64_t npix, const float* shift, int64_t Cg,
+                    int64_t G, uint64_t* out, int64_t ldp) {
+#if ONEBIT_X86
+  if (isa == Path::AVX512) pack_transpose_with<WordAvx512>(base, sC, npix, shift, Cg, G, out, ldp);
+  else pack_transpose_with<WordAvx2>(base, sC, npix, shift, Cg, G, out, ldp);
+#else
+  (void)isa, (void)base, (void)sC, (void)npix, (void)shift, (void)Cg, (void)G, (void)out, (void)ldp;
+#endif
+}
 
 void pack_row(const float* r, int64_t K, const float* shift, uint64_t* o, int64_t ldo, bool avx2) {
 #if ONEBIT_X86
@@ -142,16 +191,18 @@ void pack_row(const float* r, int64_t K, const float* shift, uint64_t* o, int64_
 
 }  // namespace
 
+Path pack_isa(Path path) {
+  const CpuFeatures& f = cpu_features();
+  if (path == Path::Portable || !ONEBIT_X86 || !f.avx2) return Path::Portable;
+  return path == Path::AVX512 && f.avx512_vpopcntdq ? Path::AVX512 : Path::AVX2;
+}
+
 void pack_pixels(const float* base, int64_t sC, int64_t npix, const float* shift, int64_t Cn, uint64_t* out,
-                 int64_t ldp, bool avx2) {
-#if ONEBIT_X86
-  if (avx2) {
-    pack_transpose_avx2(base, sC, npix, shift, Cn, 1, out, ldp);
+                 int64_t ldp, Path isa) {
+  if (isa != Path::Portable) {
+    pack_transpose(isa, base, sC, npix, shift, Cn, 1, out, ldp);
     return;
   }
-#else
-  (void)avx2;
-#endif
   for (int64_t p = 0; p < npix; ++p) pack_strided_scalar(base + p, sC, Cn, shift, out + p * ldp);
 }
 
@@ -219,27 +270,26 @@ void split_rows(const uint64_t* B, int64_t N, int64_t ldb, int64_t kw, uint64_t*
 }
 
 void pack_nchw(const float* x, int64_t N, int64_t C, int64_t H, int64_t W, const int64_t s[4], const float* shift,
-               int64_t G, uint64_t* out, bool avx2, int nthreads) {
+               int64_t G, uint64_t* out, Path isa, int nthreads) {
   const int64_t Cg = C / G, Wg = words_for(Cg), ldp = G * Wg, HW = H * W;
+  const bool avx2 = isa != Path::Portable;
   const bool channels_last = s[1] == 1 && C > 1;  // each pixel's channels are contiguous
-#if ONEBIT_X86
   if (avx2 && !channels_last && (s[3] == 1 || W == 1)) {
     const bool plane = (s[2] == W || H == 1);  // the whole H x W plane is one contiguous run
     if (plane) {
       const int64_t chunk = 128, nchunks = (HW + chunk - 1) / chunk;
       parallel_for(N * nchunks, nthreads, [&](int64_t t) {
         const int64_t n = t / nchunks, p0 = (t % nchunks) * chunk, np = std::min(chunk, HW - p0);
-        pack_transpose_avx2(x + n * s[0] + p0, s[1], np, shift, Cg, G, out + (n * HW + p0) * ldp, ldp);
+        pack_transpose(isa, x + n * s[0] + p0, s[1], np, shift, Cg, G, out + (n * HW + p0) * ldp, ldp);
       });
     } else {
       parallel_for(N * H, nthreads, [&](int64_t t) {
         const int64_t n = t / H, h = t % H;
-        pack_transpose_avx2(x + n * s[0] + h * s[2], s[1], W, shift, Cg, G, out + (n * H + h) * W * ldp, ldp);
+        pack_transpose(isa, x + n * s[0] + h * s[2], s[1], W, shift, Cg, G, out + (n * H + h) * W * ldp, ldp);
       });
     }
     return;
   }
-#endif
   parallel_for(N * H, nthreads, [&](int64_t t) {  // pixel by pixel
     const int64_t n = t / H, h = t % H;
     for (int64_t w = 0; w < W; ++w) {

@@ -426,6 +426,35 @@ def test_pack_nchw_layouts():
             np.testing.assert_array_equal(got.reshape(-1, 2), expect)
 
 
+def np_pack_nchw(x, shift, groups):
+    """NumPy reference of pack_nchw: bit c % 64 of word c // 64 of each group is 1 iff x + shift >= 0."""
+    n, c, h, w = x.shape
+    cg = c // groups
+    v = x + (shift.reshape(1, c, 1, 1) if shift is not None else 0)
+    with np.errstate(invalid="ignore"):
+        bits = (v >= 0).transpose(0, 2, 3, 1).reshape(n, h, w, groups, cg)
+    wg = (cg + 63) // 64
+    out = np.zeros((n, h, w, groups, wg), np.uint64)
+    for ch in range(cg):
+        out[..., ch // 64] |= bits[..., ch].astype(np.uint64) << np.uint64(ch % 64)
+    return out.reshape(n, h, w, groups * wg)
+
+
+@pytest.mark.parametrize("c,groups", [(1, 1), (63, 1), (64, 1), (65, 1), (130, 2), (192, 3)])
+def test_pack_nchw_matches_numpy_on_every_path(c, groups):
+    # pixel counts around the 8- and 16-pixel steps of the AVX2 / AVX-512 packers; -0.0 and NaN
+    rng = np.random.default_rng(c)
+    for hw in [(1, 1), (1, 7), (3, 5), (4, 4), (1, 17), (5, 7), (6, 6)]:
+        x = rng.standard_normal((2, c, *hw)).astype(np.float32)
+        x.flat[::7] = -0.0
+        x.flat[3::11] = np.nan
+        for shift in (None, rng.standard_normal(c).astype(np.float32)):
+            want = np_pack_nchw(x, shift, groups)
+            for path in PATHS:
+                got = engine.pack_nchw(x, shift, groups, path=path, num_threads=2)
+                np.testing.assert_array_equal(got, want, err_msg=f"path {path}, {c} channels, {hw}")
+
+
 def test_concurrent_calls_from_python_threads():
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, 64, 12, 12)).astype(np.float32)
