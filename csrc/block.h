@@ -63,12 +63,12 @@ inline void block_driver(const uint64_t* A, int64_t lda, int64_t m, const uint64
   }
 }
 
-// A in panels of V interleaved rows (see engine.h), S words per row and step (2 when the path splits
-// nibbles), m a multiple of V.
-template <template <int, int> class MK, int MP, int NR, int V, int S = 1>
-inline void panel_driver(const uint64_t* A, int64_t m, const uint64_t* B, int64_t ldb, int64_t n, int64_t kw,
-                         int32_t kbits, int32_t* C, int64_t ldc) {
-  const int64_t np = m / V, ps = kw * V * S;
+// A in np panels of V rows (see engine.h), panel q at A + q * ps, S words per row and step (2 when
+// the path splits nibbles); extra arguments go to every kernel call after the usual ones (the
+// AVX-512 kernel's tap offsets).
+template <template <int, int> class MK, int MP, int NR, int V, int S = 1, typename... Extra>
+inline void panel_driver(const uint64_t* A, int64_t np, int64_t ps, const uint64_t* B, int64_t ldb, int64_t n,
+                         int64_t kw, int32_t kbits, int32_t* C, int64_t ldc, Extra... extra) {
   for (int64_t j = 0; j < n; j += NR) {
     const int nr = static_cast<int>(std::min<int64_t>(NR, n - j));
     const uint64_t* Bj = B + j * ldb;
@@ -81,11 +81,11 @@ inline void panel_driver(const uint64_t* A, int64_t m, const uint64_t* B, int64_
     }
     int64_t q = 0;
     if (nr == NR) {
-      for (; q + MP <= np; q += MP) MK<MP, NR>::run(A + q * ps, ps, Bj, ldb, kw, kbits, Cj + q * V, ldc);
+      for (; q + MP <= np; q += MP) MK<MP, NR>::run(A + q * ps, ps, Bj, ldb, kw, kbits, Cj + q * V, ldc, extra...);
     }
     for (; q < np; q += MP) {
       const int mp = static_cast<int>(std::min<int64_t>(MP, np - q));
-      DispatchM<MK, MP, NR>::run(mp, nr, A + q * ps, ps, Bj, ldb, kw, kbits, Cj + q * V, ldc);
+      DispatchM<MK, MP, NR>::run(mp, nr, A + q * ps, ps, Bj, ldb, kw, kbits, Cj + q * V, ldc, extra...);
     }
   }
 }

@@ -5,7 +5,9 @@
 //      the per-channel threshold shift fused);
 //   2. bit-packed im2col: row i = (oh, ow) of image n, group g holds, tap-major, the Wg words of the
 //      input pixel under each kernel tap, or Wg zero words where the tap falls outside the image;
-//      rows are stored in panels of V interleaved rows (see PanelFn in engine.h);
+//      rows are stored in panels of V interleaved rows (see PanelFn in engine.h).  On the AVX-512
+//      path, when each pixel is one word, the stride 1 and output rows whole panels, no im2col:
+//      the tap kernel reads 8 consecutive pixels of a zero-padded copy of P per tap (TapFn);
 //   3. popcount GEMM of those rows against the weights [F, KH*KW*Wg] (same tap-major layout), in
 //      tiles of (group, filter block, image, pixel block) handed out to the threads; the kernel
 //      returns raw = Kbits - 2 popcount with Kbits = KH*KW*Cg, i.e. every tap counted as inside;
@@ -484,11 +486,35 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   //    of L2, its whole im2col block is built once (shared by the filter blocks); otherwise each
   //    tile builds its own L1-sized block of rows right before using it, so the (large) im2col
   //    matrix never travels through memory.
-  const int64_t mb = panel_rows_per_tile(Mimg, kw * S);  // a multiple of 8 or all of Mimg: whole panels
-  const bool shared = mb == Mimg;
+  //    Direct convolution instead, where the path has a tap kernel, each pixel is one word (one
+  //    group of at most 64 channels), the stride is 1 and output rows are whole panels: the kernel
+  //    reads V consecutive pixels of a zero-padded copy of P for each tap (zero words outside the
+  //    image, as im2col writes them), tiles are whole output rows, and there is no im2col.
+  const bool direct = pk.taps && !pk.split && ldp == 1 && p.sh == 1 && p.sw == 1 && p.OW % V == 0;
+  const int64_t Hp = p.OH + (p.KH - 1) * p.dh, Wp = p.OW + (p.KW - 1) * p.dw;  // padded input (direct)
+  const int64_t mb = direct ? std::min(OHW, std::max<int64_t>(1, rows_per_tile(kw) / p.OW) * p.OW)
+                            : panel_rows_per_tile(Mimg, kw * S);  // whole panels (or output rows)
+  const bool shared = !direct && mb == Mimg;
   const int64_t mblocks = (OHW + mb - 1) / mb;
   uint64_t* A = nullptr;
-  if (shared) {
+  std::vector<int64_t> tap_off;
+  if (direct) {
+    A = scratch().get<uint64_t>(1, p.N * Hp * Wp);
+    const int64_t c0 = std::min(Wp, p.pw), c1 = std::max(c0, std::min(Wp, p.pw + p.W));  // in-image columns
+    for (int64_t r = 0; r < p.N * Hp; ++r) {
+      uint64_t* d = A + r * Wp;
+      const int64_t ih = r % Hp - p.ph;
+      if (ih < 0 || ih >= p.H || c0 == c1) {
+        std::memset(d, 0, sizeof(uint64_t) * Wp);
+        continue;
+      }
+      std::memset(d, 0, sizeof(uint64_t) * c0);
+      std::memcpy(d + c0, P + ((r / Hp) * p.H + ih) * p.W + (c0 - p.pw), sizeof(uint64_t) * (c1 - c0));
+      std::memset(d + c1, 0, sizeof(uint64_t) * (Wp - c1));
+    }
+    for (int64_t kh = 0; kh < p.KH; ++kh)
+      for (int64_t kx = 0; kx < p.KW; ++kx) tap_off.push_back(kh * p.dh * Wp + kx * p.dw);
+  } else if (shared) {
     A = scratch().get<uint64_t>(1, G * p.N * Mimg * kw * S);
     const int64_t chunk = std::max<int64_t>(V, round_up(std::max<int64_t>(1, 4096 / (kw * S)), V));
     const int64_t nch = (Mimg + chunk - 1) / chunk;
@@ -521,16 +547,22 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     const int64_t fi = t % fblocks, g = t / fblocks;
     const int64_t p0 = mi * mb, mc = std::min(mb, OHW - p0), mp = std::min(mb, Mimg - p0);
     const int64_t f0 = g * Fg + fi * fb, fc = std::min(fb, Fg - fi * fb);
-    const uint64_t* Ab;
-    if (shared) {
-      Ab = A + ((g * p.N + n) * Mimg + p0) * kw * S;
-    } else {
-      uint64_t* blk = thread_block(mp * kw * S);
-      im2col.rows(n, g, p0, p0 + mp, blk);
-      Ab = blk;
-    }
     int32_t* T = tile_buffer(mb * fb);
-    pk.fn(Ab, mp, Bw + f0 * ldb, ldb, fc, kw, Kbits, T, mp);  // raw acc
+    if (direct) {  // output rows p0 / OW ..: raw acc
+      for (int64_t r = 0; r < mc; r += p.OW)
+        pk.taps(A + (n * Hp + (p0 + r) / p.OW) * Wp, p.OW / V, tap_off.data(), Bw + f0 * ldb, ldb, fc, kw, Kbits,
+                T + r, mp);
+    } else {
+      const uint64_t* Ab;
+      if (shared) {
+        Ab = A + ((g * p.N + n) * Mimg + p0) * kw * S;
+      } else {
+        uint64_t* blk = thread_block(mp * kw * S);
+        im2col.rows(n, g, p0, p0 + mp, blk);
+        Ab = blk;
+      }
+      pk.fn(Ab, mp, Bw + f0 * ldb, ldb, fc, kw, Kbits, T, mp);  // raw acc
+    }
     bd.apply(T, mp, p0, mc, p.F, f0, fc);
     // the float results go to out_f, or (bits only) to a tile buffer: y of filter f0 + j, pixel p0 + i
     // at yb[j * ys + i]

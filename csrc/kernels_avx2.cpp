@@ -137,7 +137,7 @@ void popcount_panel_avx2(const uint64_t* A, int64_t m, const uint64_t* B, int64_
                          int32_t kbits, int32_t* C, int64_t ldc) {
   // 2 panels (8 pixels) x 3 filters: 6 accumulators; measured on Zen 3 against 1x4 .. 3x4, which
   // are within a few percent (the loop is bound by vector-ALU throughput, not by loads)
-  panel_driver<PkAvx2, 2, 3, 4, 2>(A, m, B, ldb, n, kw, kbits, C, ldc);
+  panel_driver<PkAvx2, 2, 3, 4, 2>(A, m / 4, kw * 8, B, ldb, n, kw, kbits, C, ldc);
 }
 
 void popcount_block_avx2(const uint64_t* A, int64_t lda, int64_t m, const uint64_t* B, int64_t ldb, int64_t n,

@@ -1,6 +1,8 @@
 // AVX-512 path: XOR + VPOPCNTDQ (_mm512_popcnt_epi64), 64-bit lane accumulators, 4 x 4 register
 // blocking (16 accumulators of the 32 zmm registers).  The last partial 512-bit step uses masked
 // loads (masked-out lanes read as 0 and are never touched in memory), so both tails xor to 0.
+#include <vector>
+
 #include "block.h"
 #include "engine.h"
 
@@ -60,18 +62,20 @@ struct MkAvx512 {
   }
 };
 
-// Panel kernel: MP panels of 8 interleaved rows (one zmm per panel and word) against NR filters
-// (broadcast words): xor, vpopcntq, add per 512 bit-pairs, every lane one (row, filter) pair.
+// Panel kernel: MP panels of 8 rows (one zmm per panel and word) against NR filters (broadcast
+// words): xor, vpopcntq, add per 512 bit-pairs, every lane one (row, filter) pair.  Word w of
+// panel q is at A + q * ps + off[w]: off[w] = 8 w for interleaved panels, or the tap offsets of a
+// direct convolution (8 consecutive pixels of a padded packed input, unaligned).
 template <int MP, int NR>
 struct PkAvx512 {
   ONEBIT_AVX512_TARGET static void run(const uint64_t* A, int64_t ps, const uint64_t* B, int64_t ldb, int64_t kw,
-                                       int32_t kbits, int32_t* C, int64_t ldc) {
+                                       int32_t kbits, int32_t* C, int64_t ldc, const int64_t* off) {
     __m512i acc[MP][NR];
     for (int q = 0; q < MP; ++q)
       for (int j = 0; j < NR; ++j) acc[q][j] = _mm512_setzero_si512();
     for (int64_t w = 0; w < kw; ++w) {
       __m512i a[MP];
-      for (int q = 0; q < MP; ++q) a[q] = _mm512_load_si512(A + q * ps + 8 * w);
+      for (int q = 0; q < MP; ++q) a[q] = _mm512_loadu_si512(A + q * ps + off[w]);
       for (int j = 0; j < NR; ++j) {
         const __m512i b = _mm512_set1_epi64(static_cast<long long>(B[j * ldb + w]));
         for (int q = 0; q < MP; ++q)
@@ -96,7 +100,17 @@ struct PkAvx512 {
 
 void popcount_panel_avx512(const uint64_t* A, int64_t m, const uint64_t* B, int64_t ldb, int64_t n, int64_t kw,
                            int32_t kbits, int32_t* C, int64_t ldc) {
-  panel_driver<PkAvx512, 4, 4, 8>(A, m, B, ldb, n, kw, kbits, C, ldc);
+  thread_local std::vector<int64_t> off;
+  if (static_cast<int64_t>(off.size()) < kw) {
+    off.resize(kw);
+    for (int64_t w = 0; w < kw; ++w) off[w] = 8 * w;
+  }
+  panel_driver<PkAvx512, 4, 4, 8>(A, m / 8, kw * 8, B, ldb, n, kw, kbits, C, ldc, static_cast<const int64_t*>(off.data()));
+}
+
+void popcount_taps_avx512(const uint64_t* A, int64_t np, const int64_t* off, const uint64_t* B, int64_t ldb, int64_t n,
+                          int64_t kw, int32_t kbits, int32_t* C, int64_t ldc) {
+  panel_driver<PkAvx512, 4, 4, 8>(A, np, 8, B, ldb, n, kw, kbits, C, ldc, off);
 }
 
 void popcount_block_avx512(const uint64_t* A, int64_t lda, int64_t m, const uint64_t* B, int64_t ldb,

@@ -94,13 +94,13 @@ void popcount_block_portable(const uint64_t* A, int64_t lda, int64_t m, const ui
 
 void popcount_panel_portable(const uint64_t* A, int64_t m, const uint64_t* B, int64_t ldb, int64_t n, int64_t kw,
                              int32_t kbits, int32_t* C, int64_t ldc) {
-  panel_driver<PkPortable, 1, 2, 4>(A, m, B, ldb, n, kw, kbits, C, ldc);
+  panel_driver<PkPortable, 1, 2, 4>(A, m / 4, kw * 4, B, ldb, n, kw, kbits, C, ldc);
 }
 
 #if ONEBIT_X86
 void popcount_panel_popcnt(const uint64_t* A, int64_t m, const uint64_t* B, int64_t ldb, int64_t n, int64_t kw,
                            int32_t kbits, int32_t* C, int64_t ldc) {
-  panel_driver<PkPopcnt, 1, 2, 4>(A, m, B, ldb, n, kw, kbits, C, ldc);
+  panel_driver<PkPopcnt, 1, 2, 4>(A, m / 4, kw * 4, B, ldb, n, kw, kbits, C, ldc);
 }
 
 void popcount_block_popcnt(const uint64_t* A, int64_t lda, int64_t m, const uint64_t* B, int64_t ldb,

@@ -106,7 +106,7 @@ BlockFn block_fn(Path p) {
 PanelKernel panel_kernel(Path p) {
 #if ONEBIT_X86
   switch (p) {
-    case Path::AVX512: return {popcount_panel_avx512, 8, false};
+    case Path::AVX512: return {popcount_panel_avx512, 8, false, popcount_taps_avx512};
     case Path::AVX2: return {popcount_panel_avx2, 4, true};
     case Path::Portable:
       return {cpu_features().popcnt ? popcount_panel_popcnt : popcount_panel_portable, 4, false};

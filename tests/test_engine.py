@@ -191,7 +191,15 @@ CONV_CASES = [
     (1, 8, 7, 7, 6, 1, 2, 0, 1, 1),
     (1, 200, 4, 4, 9, 3, 1, 1, 1, 1),
     (1, 6, 3, 3, 3, 3, 1, 2, 1, 3),   # padding wider than half the kernel: whole rows outside
-    # large images: the im2col rows are built tile by tile instead of once per image
+    # one word per pixel, stride 1, output rows of whole 8-pixel panels: the AVX-512 path's direct
+    # convolution (no im2col), with dilation, no padding, padding wider than half the kernel, 5x5, 1x1
+    (2, 16, 8, 8, 16, 3, 1, 1, 1, 1),
+    (1, 33, 12, 16, 9, 3, 1, 2, 2, 1),
+    (1, 64, 10, 10, 5, 3, 1, 0, 1, 1),
+    (1, 7, 4, 6, 3, 3, 1, 2, 1, 1),
+    (1, 20, 16, 16, 10, 5, 1, 2, 1, 1),
+    (1, 64, 8, 8, 12, 1, 1, 0, 1, 1),
+    # large images: the im2col rows are built tile by tile instead of once per image (direct on AVX-512)
     (1, 64, 56, 56, 8, 3, 1, 1, 1, 1),
     (2, 130, 30, 29, 4, 3, 1, 1, 1, 1),
     (1, 66, 45, 44, 6, 3, 2, 2, 1, 2),
