@@ -1,10 +1,12 @@
-"""Regenerate the README's results table from result files (never typed by hand).
+"""Regenerate the README's result tables from result files (never typed by hand).
 
-    python scripts/results_table.py            # rewrites the block between the markers in README.md
+    python scripts/results_table.py            # rewrites the blocks between the markers in README.md
     python scripts/results_table.py --check    # exit 1 if README.md is out of date
 
-Reads results/runs/*.json: each is the results.json that `onebit train` wrote into a run
-directory, copied here when the run finished (scripts/record_run.sh does the copy).
+The zoo runs' table reads results/runs/*.json: each is the results.json that `onebit train`
+wrote into a run directory, copied here when the run finished (scripts/record_run.sh does the
+copy).  The BinaryViT Table 3 block reads results/binaryvit_table3.json
+(benchmarks/binaryvit_table3.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+TABLE3_START, TABLE3_END = "<!-- table3:start -->", "<!-- table3:end -->"
 
 
 def fmt(v, nd=2):
@@ -38,17 +41,37 @@ def table() -> str:
     return head + "\n" + "\n".join(rows)
 
 
+def table3() -> str:
+    p = ROOT / "results" / "binaryvit_table3.json"
+    if not p.is_file():
+        return "Not run yet."
+    r = json.loads(p.read_text())
+    b = r["budget"]
+    rows = [f"| {row} | `{v['recipe']}` | {fmt(v['mean'])} | {fmt(v['spread'])} | {len(v['seeds'])} | "
+            f"{sum(v['hours']):.2f} h |" for row, v in r["results"].items()]
+    subset = f"{b['train_per_class']} training images per class" if b.get("train_per_class") else "all training images"
+    return (f"Budget: {b['epochs']} epochs on {subset}; command `{r['command']}`; commit {r['commit']}; "
+            f"{r['machine'].get('cpu', '?')}.  Ordering holds: {r['ordering_holds']}; full model >= 80%: "
+            f"{r['full_model_reaches_80']}.\n\n"
+            "| row | recipe | best val top-1 (%) | spread (+-) | seeds | wall time |\n|---|---|---|---|---|---|\n"
+            + "\n".join(rows))
+
+
+def replace_block(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args(argv)
     readme = (ROOT / "README.md").read_text()
-    if START not in readme or END not in readme:
-        print(f"README.md has no {START} ... {END} block", file=sys.stderr)
-        return 2
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new = f"{head}{START}\n{table()}\n{END}{tail}"
+    new = replace_block(readme, START, END, table())
+    new = replace_block(new, TABLE3_START, TABLE3_END, table3())
     if args.check:
         return 0 if new == readme else 1
     (ROOT / "README.md").write_text(new)
