@@ -72,7 +72,7 @@ py::array_t<uint64_t> py_pack_rows(const CArr<float>& a, const std::optional<CAr
   const int nt = check_threads(num_threads);
   {
     py::gil_scoped_release nogil;
-    pack_rows(src, M, K, K, sh, o, nw, p != Path::Portable && cpu_features().avx2, nt);
+    pack_rows(src, M, K, K, sh, o, nw, pack_isa(p) != Path::Portable, nt);
   }
   return out;
 }

@@ -75,7 +75,7 @@ T* tile_buffer(int64_t count) {
   return t.data();
 }
 
-bool packs_with_avx2(Path path) { return path != Path::Portable && cpu_features().avx2; }
+bool packs_with_avx2(Path path) { return pack_isa(path) != Path::Portable; }
 
 int64_t row_align(Path path) { return path == Path::AVX512 ? 8 : 4; }
 
