@@ -147,9 +147,149 @@ py::array_t<int32_t> py_bgemm(const CArr<uint64_t>& A, const CArr<uint64_t>& B, 
   return out;
 }
 
-// x: float32 NCHW (any strides), or x_bits: the input sign-packed channels-last [N, H, W, words]
-// (pack_nchw's layout) with in_channels = C.  Returns the float output, the packed signs of the output
-// (emit_bits; with want_float as well: a tuple (float, bits)), or the int32 accumulators.
+// A binary convolution bound to its packed weights, its parameters and one input shape (float32 NCHW x,
+// or x_bits: the input sign-packed channels-last [N, H, W, words] as pack_nchw leaves it, with
+// in_channels = C): everything but the per-call arrays is checked once here, so a layer that runs the
+// same shape again and again (PackedBinaryConv2d) pays the checks and argument conversions once.
+// run() returns the float output, the packed signs of the output (emit_bits; with want_float as well:
+// a tuple (float, bits)), or the int32 accumulators (accumulate).
+struct BoundConv2d {
+  ConvParams p{};
+  bool packed_input = false;
+  Path path = Path::Portable;
+  CArr<uint64_t> wbits;
+  CArr<int32_t> tapsum;
+  std::optional<CArr<float>> shift, scale, bias;
+  std::optional<CArr<uint64_t>> wsplit;
+  const float *sh = nullptr, *sc = nullptr, *bi = nullptr;
+  const uint64_t* ws = nullptr;
+
+  BoundConv2d(std::vector<int64_t> in_shape, bool packed_input_, const CArr<uint64_t>& wbits_,
+              const CArr<int32_t>& tapsum_, int64_t groups, std::pair<int64_t, int64_t> kernel,
+              std::pair<int64_t, int64_t> stride, std::pair<int64_t, int64_t> padding,
+              std::pair<int64_t, int64_t> dilation, std::pair<int64_t, int64_t> out_size,
+              const std::optional<CArr<float>>& shift_, const std::optional<CArr<float>>& scale_,
+              const std::optional<CArr<float>>& bias_, const std::string& path_name_,
+              const std::optional<CArr<uint64_t>>& wsplit_)
+      : packed_input(packed_input_), wbits(wbits_), tapsum(tapsum_), shift(shift_), scale(scale_), bias(bias_),
+        wsplit(wsplit_) {
+    require(in_shape.size() == 4, "conv2d: the input shape must be [N, C, H, W]");
+    p.N = in_shape[0], p.C = in_shape[1], p.H = in_shape[2], p.W = in_shape[3];
+    require(p.N >= 0 && p.C >= 1 && p.H >= 0 && p.W >= 0, "conv2d: bad input shape");
+    require(wbits.ndim() == 2, "conv2d: packed weights must be a 2-D uint64 array [F, words]");
+    p.F = wbits.shape(0), p.ldb = wbits.shape(1);
+    p.KH = kernel.first, p.KW = kernel.second, p.groups = groups;
+    p.sh = stride.first, p.sw = stride.second, p.ph = padding.first, p.pw = padding.second;
+    p.dh = dilation.first, p.dw = dilation.second, p.OH = out_size.first, p.OW = out_size.second;
+    require(groups >= 1 && p.C % groups == 0 && p.F % groups == 0, "conv2d: groups must divide channels and filters");
+    require(p.KH >= 1 && p.KW >= 1 && p.sh >= 1 && p.sw >= 1 && p.dh >= 1 && p.dw >= 1 && p.ph >= 0 && p.pw >= 0,
+            "conv2d: bad kernel / stride / padding / dilation");
+    require(p.OH >= 1 && p.OW >= 1, "conv2d: the output would be empty");
+    require(p.ldb >= p.KH * p.KW * words_for(p.C / groups), "conv2d: packed weights have too few words per filter");
+    require(tapsum.ndim() == 2 && tapsum.shape(0) == p.F && tapsum.shape(1) == p.KH * p.KW,
+            "conv2d: tapsum must be int32 [F, KH*KW]");
+    require(p.KH * p.KW * (p.C / groups) < (int64_t{1} << 30), "conv2d: reduction too long for int32");
+    require(!(packed_input && shift), "conv2d: shift is applied when packing x; x_bits comes packed already");
+    sh = packed_input ? nullptr : opt_ptr(shift, p.C, "shift");
+    sc = opt_ptr(scale, p.F, "scale");
+    bi = opt_ptr(bias, p.F, "bias");
+    path = parse_path(path_name_);
+    ws = split_ptr(wsplit, path, p.F, p.KH * p.KW * words_for(p.C / groups));
+  }
+
+  py::object run(const std::optional<FArr>& x, const std::optional<CArr<uint64_t>>& x_bits, int num_threads,
+                 bool accumulate, const std::optional<py::array>& residual, const std::optional<py::array>& out_arr,
+                 const std::optional<CArr<float>>& rprelu, bool emit_bits, bool want_float,
+                 const std::optional<CArr<float>>& out_shift) const {
+    ConvParams q = p;
+    if (!packed_input) {
+      require(x.has_value() && !x_bits, "conv2d: this convolution reads a float32 input x, not x_bits");
+      require(x->ndim() == 4 && x->shape(0) == p.N && x->shape(1) == p.C && x->shape(2) == p.H && x->shape(3) == p.W,
+              "conv2d: the input has another shape than the one the convolution was bound to");
+      for (int d = 0; d < 4; ++d) {
+        require(x->strides(d) % static_cast<py::ssize_t>(sizeof(float)) == 0, "unaligned strides");
+        q.xstrides[d] = x->strides(d) / static_cast<py::ssize_t>(sizeof(float));
+      }
+    } else {
+      require(x_bits.has_value() && !x, "conv2d: this convolution reads packed x_bits, not a float input");
+      require(x_bits->ndim() == 4 && x_bits->shape(0) == p.N && x_bits->shape(1) == p.H && x_bits->shape(2) == p.W,
+              "conv2d: x_bits must be a 4-D uint64 array [N, H, W, words] of the bound shape");
+      require(x_bits->shape(3) == p.groups * words_for(p.C / p.groups),
+              "conv2d: x_bits has " + std::to_string(x_bits->shape(3)) + " words per pixel, the layer reads " +
+                  std::to_string(p.groups * words_for(p.C / p.groups)) + " (" + std::to_string(p.C) +
+                  " channels in " + std::to_string(p.groups) + " groups)");
+    }
+    const float* osh = opt_ptr(out_shift, p.F, "out_shift");
+    const int nt = check_threads(num_threads);
+    const float* xd = x ? x->data() : nullptr;
+    const uint64_t* xb = x_bits ? x_bits->data() : nullptr;
+    const std::vector<py::ssize_t> shape{p.N, p.F, p.OH, p.OW};
+    require(!accumulate || (!residual && !out_arr && !rprelu && !emit_bits), "conv2d: residual, out, rprelu and "
+            "emit_bits are for the float output, not with accumulate=True");
+    require(emit_bits || (want_float && !out_shift), "conv2d: out_shift (and want_float=False) go with emit_bits=True");
+    require(want_float || !out_arr, "conv2d: out is the float output; it cannot go with want_float=False");
+    const float* act = nullptr;
+    if (rprelu) {
+      require(rprelu->ndim() == 2 && rprelu->shape(0) == 3 && rprelu->shape(1) == p.F,
+              "conv2d: rprelu must be float32 [3, F] (gamma, slope, zeta)");
+      act = rprelu->data();
+    }
+    if (accumulate) {
+      py::array_t<int32_t> out(shape);
+      int32_t* o = out.mutable_data();
+      {
+        py::gil_scoped_release nogil;
+        conv2d(q, xd, sh, wbits.data(), ws, tapsum.data(), nullptr, nullptr, nullptr, o, path, nt, nullptr, nullptr,
+               xb);
+      }
+      return std::move(out);
+    }
+    // residual / out: float32 C-contiguous [N, F, OH, OW], taken as they are (no conversion or copy:
+    // out must be written in place, and a silent copy of the residual would cost a pass over memory)
+    auto exact = [&](const py::array& a, const char* what) {
+      require(a.dtype().is(py::dtype::of<float>()) && (a.flags() & py::array::c_style) && a.ndim() == 4,
+              std::string("conv2d: ") + what + " must be a C-contiguous float32 array [N, F, OH, OW]");
+      for (int d = 0; d < 4; ++d)
+        require(a.shape(d) == shape[d], std::string("conv2d: ") + what + " has the wrong shape");
+    };
+    const float* res = nullptr;
+    if (residual) {
+      exact(*residual, "residual");
+      res = static_cast<const float*>(residual->data());
+    }
+    py::array_t<float> out;
+    if (out_arr) {
+      exact(*out_arr, "out");
+      require(out_arr->writeable(), "conv2d: out must be writeable");
+      out = py::reinterpret_borrow<py::array_t<float>>(*out_arr);
+      const auto* ob = static_cast<const char*>(out_arr->data());
+      const py::ssize_t on = out_arr->nbytes();
+      const auto* xbeg = x ? reinterpret_cast<const char*>(x->data()) : reinterpret_cast<const char*>(xb);
+      py::ssize_t xn = x ? static_cast<py::ssize_t>(sizeof(float)) : x_bits->nbytes();  // bytes of the input
+      if (x)
+        for (int d = 0; d < 4; ++d) xn += (x->shape(d) - 1) * x->strides(d);
+      require(ob + on <= xbeg || xbeg + xn <= ob, "conv2d: out must not overlap the input");
+    } else if (want_float) {
+      out = py::array_t<float>(shape);
+    }
+    float* o = want_float ? static_cast<float*>(out.mutable_data()) : nullptr;
+    py::array_t<uint64_t> bits;
+    uint64_t* ob = nullptr;
+    if (emit_bits) {
+      bits = py::array_t<uint64_t>(std::vector<py::ssize_t>{p.N, p.OH, p.OW, words_for(p.F)});
+      ob = bits.mutable_data();
+    }
+    {
+      py::gil_scoped_release nogil;
+      conv2d(q, xd, sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path, nt, res, act, xb, ob, osh);
+    }
+    if (!emit_bits) return std::move(out);
+    if (!want_float) return std::move(bits);
+    return py::make_tuple(out, bits);
+  }
+};
+
+// One-off call: bind to x's (or x_bits') shape and run.
 py::object py_conv2d(const std::optional<FArr>& x, const CArr<uint64_t>& wbits, const CArr<int32_t>& tapsum,
                      int64_t groups, std::pair<int64_t, int64_t> kernel, std::pair<int64_t, int64_t> stride,
                      std::pair<int64_t, int64_t> padding, std::pair<int64_t, int64_t> dilation,
@@ -161,110 +301,18 @@ py::object py_conv2d(const std::optional<FArr>& x, const CArr<uint64_t>& wbits, 
                      const std::optional<CArr<uint64_t>>& x_bits, int64_t in_channels, bool emit_bits,
                      bool want_float, const std::optional<CArr<float>>& out_shift) {
   require(x.has_value() != x_bits.has_value(), "conv2d: give exactly one of x (float32) and x_bits (packed)");
-  ConvParams p{};
+  std::vector<int64_t> shape;
   if (x) {
     require(x->ndim() == 4, "conv2d expects a 4-D float32 input [N, C, H, W]");
-    p.N = x->shape(0), p.C = x->shape(1), p.H = x->shape(2), p.W = x->shape(3);
-    for (int d = 0; d < 4; ++d) {
-      require(x->strides(d) % static_cast<py::ssize_t>(sizeof(float)) == 0, "unaligned strides");
-      p.xstrides[d] = x->strides(d) / static_cast<py::ssize_t>(sizeof(float));
-    }
+    shape = {x->shape(0), x->shape(1), x->shape(2), x->shape(3)};
   } else {
     require(x_bits->ndim() == 4, "conv2d: x_bits must be a 4-D uint64 array [N, H, W, words]");
     require(in_channels >= 1, "conv2d: x_bits needs in_channels >= 1");
-    p.N = x_bits->shape(0), p.C = in_channels, p.H = x_bits->shape(1), p.W = x_bits->shape(2);
+    shape = {x_bits->shape(0), in_channels, x_bits->shape(1), x_bits->shape(2)};
   }
-  require(wbits.ndim() == 2, "conv2d: packed weights must be a 2-D uint64 array [F, words]");
-  p.F = wbits.shape(0), p.ldb = wbits.shape(1);
-  p.KH = kernel.first, p.KW = kernel.second, p.groups = groups;
-  p.sh = stride.first, p.sw = stride.second, p.ph = padding.first, p.pw = padding.second;
-  p.dh = dilation.first, p.dw = dilation.second, p.OH = out_size.first, p.OW = out_size.second;
-  require(groups >= 1 && p.C % groups == 0 && p.F % groups == 0, "conv2d: groups must divide channels and filters");
-  if (x_bits)
-    require(x_bits->shape(3) == groups * words_for(p.C / groups),
-            "conv2d: x_bits has " + std::to_string(x_bits->shape(3)) + " words per pixel, the layer reads " +
-                std::to_string(groups * words_for(p.C / groups)) + " (" + std::to_string(p.C) + " channels in " +
-                std::to_string(groups) + " groups)");
-  require(p.KH >= 1 && p.KW >= 1 && p.sh >= 1 && p.sw >= 1 && p.dh >= 1 && p.dw >= 1 && p.ph >= 0 && p.pw >= 0,
-          "conv2d: bad kernel / stride / padding / dilation");
-  require(p.OH >= 1 && p.OW >= 1, "conv2d: the output would be empty");
-  require(p.ldb >= p.KH * p.KW * words_for(p.C / groups), "conv2d: packed weights have too few words per filter");
-  require(tapsum.ndim() == 2 && tapsum.shape(0) == p.F && tapsum.shape(1) == p.KH * p.KW,
-          "conv2d: tapsum must be int32 [F, KH*KW]");
-  require(p.KH * p.KW * (p.C / groups) < (int64_t{1} << 30), "conv2d: reduction too long for int32");
-  const float* sh = x_bits ? nullptr : opt_ptr(shift, p.C, "shift");
-  require(!(x_bits && shift), "conv2d: shift is applied when packing x; x_bits comes packed already");
-  const float* sc = opt_ptr(scale, p.F, "scale");
-  const float* bi = opt_ptr(bias, p.F, "bias");
-  const float* osh = opt_ptr(out_shift, p.F, "out_shift");
-  const Path path_ = parse_path(path);
-  const uint64_t* ws = split_ptr(wsplit, path_, p.F, p.KH * p.KW * words_for(p.C / groups));
-  const int nt = check_threads(num_threads);
-  const float* xd = x ? x->data() : nullptr;
-  const uint64_t* xb = x_bits ? x_bits->data() : nullptr;
-  const std::vector<py::ssize_t> shape{p.N, p.F, p.OH, p.OW};
-  require(!accumulate || (!residual && !out_arr && !rprelu && !emit_bits), "conv2d: residual, out, rprelu and "
-          "emit_bits are for the float output, not with accumulate=True");
-  require(emit_bits || (want_float && !out_shift), "conv2d: out_shift (and want_float=False) go with emit_bits=True");
-  require(want_float || !out_arr, "conv2d: out is the float output; it cannot go with want_float=False");
-  const float* act = nullptr;
-  if (rprelu) {
-    require(rprelu->ndim() == 2 && rprelu->shape(0) == 3 && rprelu->shape(1) == p.F,
-            "conv2d: rprelu must be float32 [3, F] (gamma, slope, zeta)");
-    act = rprelu->data();
-  }
-  if (accumulate) {
-    py::array_t<int32_t> out(shape);
-    int32_t* o = out.mutable_data();
-    {
-      py::gil_scoped_release nogil;
-      conv2d(p, xd, sh, wbits.data(), ws, tapsum.data(), nullptr, nullptr, nullptr, o, path_, nt, nullptr, nullptr,
-             xb);
-    }
-    return std::move(out);
-  }
-  // residual / out: float32 C-contiguous [N, F, OH, OW], taken as they are (no conversion or copy:
-  // out must be written in place, and a silent copy of the residual would cost a pass over memory)
-  auto exact = [&](const py::array& a, const char* what) {
-    require(a.dtype().is(py::dtype::of<float>()) && (a.flags() & py::array::c_style) && a.ndim() == 4,
-            std::string("conv2d: ") + what + " must be a C-contiguous float32 array [N, F, OH, OW]");
-    for (int d = 0; d < 4; ++d)
-      require(a.shape(d) == shape[d], std::string("conv2d: ") + what + " has the wrong shape");
-  };
-  const float* res = nullptr;
-  if (residual) {
-    exact(*residual, "residual");
-    res = static_cast<const float*>(residual->data());
-  }
-  py::array_t<float> out;
-  if (out_arr) {
-    exact(*out_arr, "out");
-    require(out_arr->writeable(), "conv2d: out must be writeable");
-    out = py::reinterpret_borrow<py::array_t<float>>(*out_arr);
-    const auto* ob = static_cast<const char*>(out_arr->data());
-    const py::ssize_t on = out_arr->nbytes();
-    const auto* xbeg = x ? reinterpret_cast<const char*>(x->data()) : reinterpret_cast<const char*>(xb);
-    py::ssize_t xn = x ? static_cast<py::ssize_t>(sizeof(float)) : x_bits->nbytes();  // bytes of the input
-    if (x)
-      for (int d = 0; d < 4; ++d) xn += (x->shape(d) - 1) * x->strides(d);
-    require(ob + on <= xbeg || xbeg + xn <= ob, "conv2d: out must not overlap the input");
-  } else if (want_float) {
-    out = py::array_t<float>(shape);
-  }
-  float* o = want_float ? static_cast<float*>(out.mutable_data()) : nullptr;
-  py::array_t<uint64_t> bits;
-  uint64_t* ob = nullptr;
-  if (emit_bits) {
-    bits = py::array_t<uint64_t>(std::vector<py::ssize_t>{p.N, p.OH, p.OW, words_for(p.F)});
-    ob = bits.mutable_data();
-  }
-  {
-    py::gil_scoped_release nogil;
-    conv2d(p, xd, sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path_, nt, res, act, xb, ob, osh);
-  }
-  if (!emit_bits) return std::move(out);
-  if (!want_float) return std::move(bits);
-  return py::make_tuple(out, bits);
+  const BoundConv2d conv(shape, x_bits.has_value(), wbits, tapsum, groups, kernel, stride, padding, dilation, out_size,
+                         shift, scale, bias, path, wsplit);
+  return conv.run(x, x_bits, num_threads, accumulate, residual, out_arr, rprelu, emit_bits, want_float, out_shift);
 }
 
 py::array py_linear(const CArr<float>& x, const CArr<uint64_t>& wbits, int64_t K,
@@ -354,6 +402,22 @@ PYBIND11_MODULE(_engine, m) {
   m.def("bgemm", &py_bgemm, py::arg("a"), py::arg("b"), py::arg("k"), py::arg("path") = "auto",
         py::arg("num_threads") = 1, py::arg("kernel") = "auto",
         "uint64 A [M, W], B [N, W] -> int32 [M, N] = K - 2 popcount(A xor B); kernel: auto, rows or panels");
+  py::class_<BoundConv2d>(m, "BoundConv2d",
+                          "conv2d's checks and parameters bound once to packed weights and one input shape "
+                          "[N, C, H, W] (packed_input: x_bits of that shape comes instead of x); call it per input")
+      .def(py::init<std::vector<int64_t>, bool, const CArr<uint64_t>&, const CArr<int32_t>&, int64_t,
+                    std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>,
+                    std::pair<int64_t, int64_t>, std::pair<int64_t, int64_t>, const std::optional<CArr<float>>&,
+                    const std::optional<CArr<float>>&, const std::optional<CArr<float>>&, const std::string&,
+                    const std::optional<CArr<uint64_t>>&>(),
+           py::arg("in_shape"), py::arg("packed_input"), py::arg("wbits"), py::arg("tapsum"), py::arg("groups"),
+           py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("out_size"),
+           py::arg("shift") = py::none(), py::arg("scale") = py::none(), py::arg("bias") = py::none(),
+           py::arg("path") = "auto", py::arg("wsplit") = py::none())
+      .def("__call__", &BoundConv2d::run, py::arg("x"), py::arg("x_bits") = py::none(), py::arg("num_threads") = 1,
+           py::arg("accumulate") = false, py::arg("residual") = py::none(), py::arg("out") = py::none(),
+           py::arg("rprelu") = py::none(), py::arg("emit_bits") = false, py::arg("want_float") = true,
+           py::arg("out_shift") = py::none(), "conv2d on one input of the bound shape (see conv2d)");
   m.def("conv2d", &py_conv2d, py::arg("x"), py::arg("wbits"), py::arg("tapsum"), py::arg("groups"),
         py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("out_size"),
         py::arg("shift") = py::none(), py::arg("scale") = py::none(), py::arg("bias") = py::none(),

@@ -401,12 +401,18 @@ uint64_t* thread_block(int64_t words) {
   return s.get<uint64_t>(0, words);
 }
 
-// Padding correction (step 4): corr[k * F + f] for border class k, and the class of each output
-// pixel (-1: interior, no correction).
+// Padding correction (step 4): corr[k * F + f] for border class k, and the runs of consecutive
+// output pixels of one class that have a correction, in ascending order (built in time proportional
+// to their number: interior pixels are never visited; a 3x3 pad-1 map has 3 + 2 (OH - 2) + 3 runs).
 struct Border {
-  std::vector<int32_t> corr, pixcls;
+  struct Run {
+    int64_t begin, end;  // output pixels [begin, end)
+    int32_t cls;
+  };
+  std::vector<int32_t> corr;
+  std::vector<Run> runs;
 
-  Border(const ConvParams& p, const int32_t* tapsum) : pixcls(p.OH * p.OW) {
+  Border(const ConvParams& p, const int32_t* tapsum) {
     std::vector<int> rcls(p.OH), ccls(p.OW);
     std::vector<std::pair<int64_t, int64_t>> rkeys, ckeys;
     auto classify = [](std::vector<std::pair<int64_t, int64_t>>& keys, std::pair<int64_t, int64_t> k) {
@@ -420,7 +426,6 @@ struct Border {
     const int64_t nrc = static_cast<int64_t>(rkeys.size()), ncc = static_cast<int64_t>(ckeys.size());
     const int64_t taps = p.KH * p.KW;
     corr.assign(nrc * ncc * p.F, 0);
-    std::vector<char> border(nrc * ncc, 0);
     std::vector<int64_t> outside;  // taps outside the image for one class
     for (int64_t r = 0; r < nrc; ++r) {
       for (int64_t c = 0; c < ncc; ++c) {
@@ -429,8 +434,6 @@ struct Border {
           for (int64_t kx = 0; kx < p.KW; ++kx)
             if (!(kh >= rkeys[r].first && kh < rkeys[r].second && kx >= ckeys[c].first && kx < ckeys[c].second))
               outside.push_back(kh * p.KW + kx);
-        if (outside.empty()) continue;
-        border[r * ncc + c] = 1;
         int32_t* cr = corr.data() + (r * ncc + c) * p.F;
         for (int64_t f = 0; f < p.F; ++f) {
           int32_t sum = 0;
@@ -439,20 +442,38 @@ struct Border {
         }
       }
     }
-    for (int64_t oh = 0; oh < p.OH; ++oh)
-      for (int64_t ow = 0; ow < p.OW; ++ow) {
-        const int64_t k = rcls[oh] * ncc + ccls[ow];
-        pixcls[oh * p.OW + ow] = border[k] ? static_cast<int32_t>(k) : -1;
+    // a pixel has outside taps unless both its row and its column see every tap
+    const std::pair<int64_t, int64_t> rfull{0, p.KH}, cfull{0, p.KW};
+    std::vector<int64_t> bcols;  // columns with outside taps
+    for (int64_t ow = 0; ow < p.OW; ++ow)
+      if (ckeys[ccls[ow]] != cfull) bcols.push_back(ow);
+    auto add = [&](int64_t pixel, int32_t k) {
+      if (!runs.empty() && runs.back().end == pixel && runs.back().cls == k)
+        ++runs.back().end;
+      else
+        runs.push_back({pixel, pixel + 1, k});
+    };
+    for (int64_t oh = 0; oh < p.OH; ++oh) {
+      const int32_t k0 = static_cast<int32_t>(rcls[oh] * ncc);
+      if (rkeys[rcls[oh]] != rfull) {
+        for (int64_t ow = 0; ow < p.OW; ++ow) add(oh * p.OW + ow, k0 + ccls[ow]);
+      } else {
+        for (int64_t ow : bcols) add(oh * p.OW + ow, k0 + ccls[ow]);
       }
+    }
   }
 
   // T[j * ldt + i] += correction of output pixel pix0 + i and filter f0 + j (i < n, j < fc)
   void apply(int32_t* T, int64_t ldt, int64_t pix0, int64_t n, int64_t F, int64_t f0, int64_t fc) const {
-    for (int64_t i = 0; i < n; ++i) {
-      const int32_t k = pixcls[pix0 + i];
-      if (k < 0) continue;
-      const int32_t* cr = corr.data() + k * F + f0;
-      for (int64_t j = 0; j < fc; ++j) T[j * ldt + i] += cr[j];
+    auto r = std::upper_bound(runs.begin(), runs.end(), pix0, [](int64_t v, const Run& x) { return v < x.end; });
+    for (; r != runs.end() && r->begin < pix0 + n; ++r) {
+      const int64_t b = std::max(r->begin, pix0) - pix0, e = std::min(r->end, pix0 + n) - pix0;
+      const int32_t* cr = corr.data() + r->cls * F + f0;
+      for (int64_t j = 0; j < fc; ++j) {
+        int32_t* t = T + j * ldt;
+        const int32_t v = cr[j];
+        for (int64_t i = b; i < e; ++i) t[i] += v;
+      }
     }
   }
 };

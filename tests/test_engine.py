@@ -199,6 +199,9 @@ CONV_CASES = [
     (1, 7, 4, 6, 3, 3, 1, 2, 1, 1),
     (1, 20, 16, 16, 10, 5, 1, 2, 1, 1),
     (1, 64, 8, 8, 12, 1, 1, 0, 1, 1),
+    # rows of 5+ panels: the single-filter tap kernel (7 panels, then the rest of a row of 8)
+    (1, 24, 6, 64, 5, 3, 1, 1, 1, 1),
+    (2, 50, 7, 48, 3, 3, 1, 2, 2, 1),
     # large images: the im2col rows are built tile by tile instead of once per image (direct on AVX-512)
     (1, 64, 56, 56, 8, 3, 1, 1, 1, 1),
     (2, 130, 30, 29, 4, 3, 1, 1, 1, 1),
@@ -277,6 +280,38 @@ def test_conv_fused_residual_is_the_separate_add(case):
             res = engine.conv2d(x, bits, tapsum, residual=r2, out=r2, path=path, num_threads=t, **kw)
             assert res.ctypes.data == r2.ctypes.data
             np.testing.assert_array_equal(r2.view(np.int32), want.view(np.int32))
+
+
+def test_bound_conv_matches_conv2d_and_checks_its_shape():
+    """BoundConv2d (what PackedBinaryConv2d calls) gives conv2d's results, float input or packed
+    input, and refuses an input of another shape or of the other kind with a clear error."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, 40, 9, 16)).astype(np.float32)
+    wt = rng.standard_normal((6, 40, 3, 3)).astype(np.float32)
+    shift = (rng.standard_normal(40) * 0.3).astype(np.float32)
+    scale = rng.uniform(0.1, 1.0, 6).astype(np.float32)
+    bias = rng.standard_normal(6).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    geo = (1, (3, 3), (1, 1), (1, 1), (1, 1), (9, 16))
+    for path in PATHS:
+        ws = engine.split_weights(bits, 9) if engine.weight_layout(path) == "split" else None
+        want = engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1, shift=shift, scale=scale, bias=bias, path=path)
+        conv = engine._C.BoundConv2d(x.shape, False, bits, tapsum, *geo, shift, scale, bias, path, ws)
+        for t in THREADS:
+            np.testing.assert_array_equal(conv(x, num_threads=t), want)
+        acc = conv(x, accumulate=True)
+        np.testing.assert_array_equal(acc, ref_conv(x, wt, shift, (1, 1), (1, 1), (1, 1), 1))
+        xb = engine.pack_nchw(x, shift, path=path)
+        packed = engine._C.BoundConv2d(x.shape, True, bits, tapsum, *geo, None, scale, bias, path, ws)
+        np.testing.assert_array_equal(packed(None, xb), want)
+        with pytest.raises(ValueError, match="another shape"):
+            conv(x[:, :, :8])
+        with pytest.raises(ValueError, match="reads a float32 input"):
+            conv(None, xb)
+        with pytest.raises(ValueError, match="reads packed x_bits"):
+            packed(x)
+        with pytest.raises(ValueError, match="shift is applied when packing"):
+            engine._C.BoundConv2d(x.shape, True, bits, tapsum, *geo, shift, scale, bias, path, ws)
 
 
 def test_conv_residual_and_out_are_checked():

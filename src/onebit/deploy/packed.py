@@ -257,7 +257,8 @@ class PackedBinaryConv2d(_Packed):
         return self.kernel_size[0] * self.kernel_size[1] * ((cg + 63) // 64)
 
     def _extra_arrays(self) -> dict:
-        return {"tapsum": np.ascontiguousarray(self.tapsum.detach().cpu().numpy(), dtype=np.int32)}
+        return {"tapsum": np.ascontiguousarray(self.tapsum.detach().cpu().numpy(), dtype=np.int32),
+                "bound": {}}  # (input shape, packed input, path) -> engine convolution, see _bind
 
     def _geometry(self, h: int, w: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
         """((pad_top, pad_left), (OH, OW)) for an h x w input, as torch's conv2d computes them."""
@@ -316,17 +317,30 @@ class PackedBinaryConv2d(_Packed):
         xbits = _bits_for_me(x, self) if fast else None
         xa = None if xbits is not None else (x.numpy() if fast else _input_array(x))
         nxt = (emit_for if emit_for is not None else self.__dict__.get("_emit_for")) if fast else None
-        out = engine._C.conv2d(xa, a["bits"], a["tapsum"], self.groups, self.kernel_size, self.stride, plan[0],
-                               self.dilation, plan[1], None if xbits is not None else a["shift"], a["scale"],
-                               a["bias"], False, path, nt, a.get("wsplit"), res, None, rprelu, xbits,
-                               self.in_channels, nxt is not None, True,
-                               None if nxt is None else nxt._arrays(path)["shift"])
+        conv = a["bound"].get((shape, xbits is not None, path))
+        if conv is None:
+            conv = self._bind(a, shape, plan, path, xbits is not None)
+        out = conv(xa, xbits, nt, False, res, None, rprelu, nxt is not None, True,
+                   None if nxt is None else nxt._arrays(path)["shift"])
         if nxt is None:
             y = torch.from_numpy(out)
             return y if fast else _output(y, x)
         y = torch.from_numpy(out[0])
         y._onebit_bits = (nxt, y._version, _shift_key(nxt), out[1])
         return y
+
+    def _bind(self, a: dict, shape: torch.Size, plan, path: str, packed_input: bool):
+        """The engine's convolution bound to these weights (the arrays ``a`` of :meth:`_arrays`, which
+        drops it when a buffer changes) and to input ``shape``: checked once, then called per input."""
+        bound = a["bound"]
+        if len(bound) > 16:
+            bound.clear()
+        conv = engine._C.BoundConv2d((shape[0], self.in_channels, shape[2], shape[3]), packed_input, a["bits"],
+                                     a["tapsum"], self.groups, self.kernel_size, self.stride, plan[0],
+                                     self.dilation, plan[1], None if packed_input else a["shift"], a["scale"],
+                                     a["bias"], path, a.get("wsplit"))
+        bound[(shape, packed_input, path)] = conv
+        return conv
 
     def _plan(self, x: torch.Tensor):
         """(pads, out_size, output shape) for x's shape, checked once per shape; None for an empty batch."""
