@@ -1,4 +1,4 @@
-// Kernel-level timing of the engine's 3x3 binary convolutions, batch 1, one thread, no Python:
+// Kernel-level timing of the engine's 3x3 binary convolutions (ResNet-18 and CIFAR ResNet-20 shapes), batch 1, one thread, no Python:
 // the whole conv2d (integer and float outputs) and the popcount panel kernel alone over all rows
 // of the layer (the GEMM part), median and minimum of many calls.  Built and run by
 // benchmarks/kernel_bench.sh; used to compare kernel variants (the minimum is the steadiest
@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(1);
   std::normal_distribution<float> nd;
   std::printf("path %s, %d calls per figure; ms as median / min\n", path_name(path), calls);
-  const int64_t shapes[][2] = {{64, 56}, {128, 28}, {256, 14}, {512, 7}};
+  // the ImageNet ResNet-18 stages, then the CIFAR ResNet-20 ones (where per-call costs weigh more)
+  const int64_t shapes[][2] = {{64, 56}, {128, 28}, {256, 14}, {512, 7}, {16, 32}, {32, 16}, {64, 8}};
   for (const auto& s : shapes) {
     const int64_t C = s[0], H = s[1], Wg = words_for(C), kw = 9 * Wg, ldb = round_up(kw, 8);
     const int64_t S = pk.split ? 2 : 1;
