@@ -48,6 +48,7 @@ py::dict features() {
   d["popcnt"] = f.popcnt;
   d["avx2"] = f.avx2;
   d["avx512_vpopcntdq"] = f.avx512_vpopcntdq;
+  d["fma"] = f.fma;
   d["x86_64"] = static_cast<bool>(ONEBIT_X86);
   return d;
 }
@@ -200,7 +201,8 @@ struct BoundConv2d {
   py::object run(const std::optional<FArr>& x, const std::optional<CArr<uint64_t>>& x_bits, int num_threads,
                  bool accumulate, const std::optional<py::array>& residual, const std::optional<py::array>& out_arr,
                  const std::optional<CArr<float>>& rprelu, bool emit_bits, bool want_float,
-                 const std::optional<CArr<float>>& out_shift) const {
+                 const std::optional<CArr<float>>& out_shift, const std::optional<CArr<float>>& bn,
+                 bool bn_fma) const {
     ConvParams q = p;
     if (!packed_input) {
       require(x.has_value() && !x_bits, "conv2d: this convolution reads a float32 input x, not x_bits");
@@ -224,8 +226,8 @@ struct BoundConv2d {
     const float* xd = x ? x->data() : nullptr;
     const uint64_t* xb = x_bits ? x_bits->data() : nullptr;
     const std::vector<py::ssize_t> shape{p.N, p.F, p.OH, p.OW};
-    require(!accumulate || (!residual && !out_arr && !rprelu && !emit_bits), "conv2d: residual, out, rprelu and "
-            "emit_bits are for the float output, not with accumulate=True");
+    require(!accumulate || (!residual && !out_arr && !rprelu && !emit_bits && !bn), "conv2d: residual, out, rprelu, "
+            "bn and emit_bits are for the float output, not with accumulate=True");
     require(emit_bits || (want_float && !out_shift), "conv2d: out_shift (and want_float=False) go with emit_bits=True");
     require(want_float || !out_arr, "conv2d: out is the float output; it cannot go with want_float=False");
     const float* act = nullptr;
@@ -233,6 +235,12 @@ struct BoundConv2d {
       require(rprelu->ndim() == 2 && rprelu->shape(0) == 3 && rprelu->shape(1) == p.F,
               "conv2d: rprelu must be float32 [3, F] (gamma, slope, zeta)");
       act = rprelu->data();
+    }
+    const float* bnp = nullptr;
+    if (bn) {
+      require(bn->ndim() == 2 && bn->shape(0) == 2 && bn->shape(1) == p.F,
+              "conv2d: bn must be float32 [2, F] (alpha, beta from bn_terms)");
+      bnp = bn->data();
     }
     if (accumulate) {
       py::array_t<int32_t> out(shape);
@@ -281,7 +289,8 @@ struct BoundConv2d {
     }
     {
       py::gil_scoped_release nogil;
-      conv2d(q, xd, sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path, nt, res, act, xb, ob, osh);
+      conv2d(q, xd, sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path, nt, res, act, xb, ob, osh, bnp,
+             bn_fma ? 2 : 1);
     }
     if (!emit_bits) return std::move(out);
     if (!want_float) return std::move(bits);
@@ -299,7 +308,8 @@ py::object py_conv2d(const std::optional<FArr>& x, const CArr<uint64_t>& wbits, 
                      const std::optional<CArr<uint64_t>>& wsplit, const std::optional<py::array>& residual,
                      const std::optional<py::array>& out_arr, const std::optional<CArr<float>>& rprelu,
                      const std::optional<CArr<uint64_t>>& x_bits, int64_t in_channels, bool emit_bits,
-                     bool want_float, const std::optional<CArr<float>>& out_shift) {
+                     bool want_float, const std::optional<CArr<float>>& out_shift,
+                     const std::optional<CArr<float>>& bn, bool bn_fma) {
   require(x.has_value() != x_bits.has_value(), "conv2d: give exactly one of x (float32) and x_bits (packed)");
   std::vector<int64_t> shape;
   if (x) {
@@ -312,7 +322,21 @@ py::object py_conv2d(const std::optional<FArr>& x, const CArr<uint64_t>& wbits, 
   }
   const BoundConv2d conv(shape, x_bits.has_value(), wbits, tapsum, groups, kernel, stride, padding, dilation, out_size,
                          shift, scale, bias, path, wsplit);
-  return conv.run(x, x_bits, num_threads, accumulate, residual, out_arr, rprelu, emit_bits, want_float, out_shift);
+  return conv.run(x, x_bits, num_threads, accumulate, residual, out_arr, rprelu, emit_bits, want_float, out_shift, bn,
+                  bn_fma);
+}
+
+// [2, F]: alpha, beta of an eval BatchNorm as torch's CPU kernel derives them (see engine.h)
+py::array_t<float> py_bn_terms(const CArr<float>& weight, const CArr<float>& bias, const CArr<float>& mean,
+                               const CArr<float>& var, double eps, bool fma) {
+  const int64_t F = mean.size();
+  require(mean.ndim() == 1 && weight.ndim() == 1 && bias.ndim() == 1 && var.ndim() == 1 && weight.size() == F &&
+              bias.size() == F && var.size() == F,
+          "bn_terms: weight, bias, mean and var must be 1-D float32 arrays of one length");
+  py::array_t<float> out(std::vector<py::ssize_t>{2, F});
+  float* o = out.mutable_data();
+  bn_terms(weight.data(), bias.data(), mean.data(), var.data(), static_cast<float>(eps), F, fma, o, o + F);
+  return out;
 }
 
 py::array py_linear(const CArr<float>& x, const CArr<uint64_t>& wbits, int64_t K,
@@ -380,7 +404,7 @@ py::array_t<float> py_pool2d(bool is_max, const CArr<float>& x, Pair kernel, Pai
 
 PYBIND11_MODULE(_engine, m) {
   m.doc() = "onebit XNOR-popcount engine (bit-packed binary GEMM and convolution)";
-  m.def("cpu_features", &features, "CPU features the engine can use: popcnt, avx2, avx512_vpopcntdq, x86_64");
+  m.def("cpu_features", &features, "CPU features the engine can use: popcnt, avx2, avx512_vpopcntdq, fma, x86_64");
   m.def("available_paths", &available_paths, "Kernel paths usable on this CPU, fastest first");
   m.def("thread_backend", &thread_backend, "Where parallel work runs: 'openmp:<library>' or 'pool'");
   m.def("set_thread_backend", &set_thread_backend, py::arg("name"),
@@ -417,7 +441,12 @@ PYBIND11_MODULE(_engine, m) {
       .def("__call__", &BoundConv2d::run, py::arg("x"), py::arg("x_bits") = py::none(), py::arg("num_threads") = 1,
            py::arg("accumulate") = false, py::arg("residual") = py::none(), py::arg("out") = py::none(),
            py::arg("rprelu") = py::none(), py::arg("emit_bits") = false, py::arg("want_float") = true,
-           py::arg("out_shift") = py::none(), "conv2d on one input of the bound shape (see conv2d)");
+           py::arg("out_shift") = py::none(), py::arg("bn") = py::none(), py::arg("bn_fma") = false,
+           "conv2d on one input of the bound shape (see conv2d)");
+  m.def("bn_terms", &py_bn_terms, py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("var"),
+        py::arg("eps"), py::arg("fma"),
+        "float32 [2, F]: alpha and beta of an eval BatchNorm as torch's CPU kernel derives them "
+        "(alpha = weight / sqrt(var + eps) in its float steps; beta = bias - mean * alpha, fused when fma)");
   m.def("conv2d", &py_conv2d, py::arg("x"), py::arg("wbits"), py::arg("tapsum"), py::arg("groups"),
         py::arg("kernel_size"), py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("out_size"),
         py::arg("shift") = py::none(), py::arg("scale") = py::none(), py::arg("bias") = py::none(),
@@ -425,6 +454,7 @@ PYBIND11_MODULE(_engine, m) {
         py::arg("wsplit") = py::none(), py::arg("residual") = py::none(), py::arg("out") = py::none(),
         py::arg("rprelu") = py::none(), py::arg("x_bits") = py::none(), py::arg("in_channels") = -1,
         py::arg("emit_bits") = false, py::arg("want_float") = true, py::arg("out_shift") = py::none(),
+        py::arg("bn") = py::none(), py::arg("bn_fma") = false,
         "Binary convolution of float32 NCHW x (or of x_bits, its signs packed channels-last, with in_channels) "
         "against packed weights; float32 NCHW output "
         "(acc * scale + bias) [+ residual] [-> RPReLU with rprelu = [gamma, slope, zeta] of shape [3, F]], written "

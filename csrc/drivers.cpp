@@ -21,6 +21,7 @@
 // Channel tails (Cg not a multiple of 64): the unused bits are 0 in both the activation and the
 // weight words, so they xor to 0, and Kbits counts only real channels.
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -102,50 +103,65 @@ int64_t filters_per_tile(int64_t nf, int64_t other_tiles, int nthreads) {
   return fb;
 }
 
-// The float epilogue of one output channel, on n pixels: y = float(a[i]) * s + b, then (Res) y + r[i],
-// then (Act) RPReLU as torch computes it: t = y - gamma; (t > 0 ? t : slope * t) + zeta.  Each step
-// is its own rounded float operation (never fused), so the result is bit for bit the separate torch
-// ops; o may alias r.  One body, compiled for the baseline and (8-wide) for AVX2.
+// The float epilogue of one output channel, on n pixels: y = float(a[i]) * s + b, then (Bn) an eval
+// BatchNorm as torch's CPU kernel applies it, y * alpha + beta with its own per-channel alpha and beta
+// (Bn = 1: a product and a sum; Bn = 2: one fused multiply-add, as torch's FMA builds compute it; see
+// bn_terms), then (Res) y + r[i], then (Act) RPReLU as torch computes it: t = y - gamma;
+// (t > 0 ? t : slope * t) + zeta.  Every other step is its own rounded float operation (never
+// fused), so the result is bit for bit the separate torch ops; o may alias r.  One body, compiled
+// for the baseline and (8-wide) for AVX2 + FMA.
 struct RPReLUParams {
   float gamma, slope, zeta;
 };
-template <bool Res, bool Act>
-ONEBIT_INLINE void epilogue_body(const int32_t* a, float s, float b, const float* r, float* o, int64_t n,
-                                 RPReLUParams act) {
+struct ChannelParams {  // the per-channel constants of the epilogue
+  float s, b;            // conv scale and bias
+  float alpha, beta;     // BatchNorm (Bn > 0)
+  RPReLUParams act;      // RPReLU (Act)
+};
+template <bool Res, bool Act, int Bn>
+ONEBIT_INLINE void epilogue_body(const int32_t* a, const float* r, float* o, int64_t n, const ChannelParams& c) {
   for (int64_t i = 0; i < n; ++i) {
-    float y = static_cast<float>(a[i]) * s + b;
+    float y = static_cast<float>(a[i]) * c.s + c.b;
+    if (Bn == 1) y = y * c.alpha + c.beta;
+    if (Bn == 2) y = std::fma(y, c.alpha, c.beta);
     if (Res) y = y + r[i];
     if (Act) {
-      const float t = y - act.gamma;
-      y = (t > 0.0f ? t : act.slope * t) + act.zeta;
+      const float t = y - c.act.gamma;
+      y = (t > 0.0f ? t : c.act.slope * t) + c.act.zeta;
     }
     o[i] = y;
   }
 }
-template <bool Res, bool Act>
-void epilogue_portable(const int32_t* a, float s, float b, const float* r, float* o, int64_t n, RPReLUParams act) {
-  epilogue_body<Res, Act>(a, s, b, r, o, n, act);
+template <bool Res, bool Act, int Bn>
+void epilogue_portable(const int32_t* a, const float* r, float* o, int64_t n, const ChannelParams& c) {
+  epilogue_body<Res, Act, Bn>(a, r, o, n, c);
 }
 #if ONEBIT_X86
-template <bool Res, bool Act>
-__attribute__((target("avx2"))) void epilogue_avx2(const int32_t* a, float s, float b, const float* r, float* o,
-                                                   int64_t n, RPReLUParams act) {
-  epilogue_body<Res, Act>(a, s, b, r, o, n, act);
+template <bool Res, bool Act, int Bn>
+__attribute__((target("avx2,fma"))) void epilogue_avx2(const int32_t* a, const float* r, float* o, int64_t n,
+                                                       const ChannelParams& c) {
+  epilogue_body<Res, Act, Bn>(a, r, o, n, c);
 }
 #endif
-using EpilogueFn = void (*)(const int32_t*, float, float, const float*, float*, int64_t, RPReLUParams);
-template <bool Res, bool Act>
+using EpilogueFn = void (*)(const int32_t*, const float*, float*, int64_t, const ChannelParams&);
+template <bool Res, bool Act, int Bn>
 EpilogueFn epilogue_for(Path path) {
 #if ONEBIT_X86
-  if (path != Path::Portable && cpu_features().avx2) return epilogue_avx2<Res, Act>;
+  if (path != Path::Portable && cpu_features().avx2 && cpu_features().fma) return epilogue_avx2<Res, Act, Bn>;
 #else
   (void)path;
 #endif
-  return epilogue_portable<Res, Act>;
+  return epilogue_portable<Res, Act, Bn>;
 }
-EpilogueFn epilogue_fn(Path path, bool residual, bool rprelu) {
-  if (rprelu) return residual ? epilogue_for<true, true>(path) : epilogue_for<false, true>(path);
-  return residual ? epilogue_for<true, false>(path) : epilogue_for<false, false>(path);
+template <int Bn>
+EpilogueFn epilogue_bn(Path path, bool residual, bool rprelu) {
+  if (rprelu) return residual ? epilogue_for<true, true, Bn>(path) : epilogue_for<false, true, Bn>(path);
+  return residual ? epilogue_for<true, false, Bn>(path) : epilogue_for<false, false, Bn>(path);
+}
+EpilogueFn epilogue_fn(Path path, bool residual, bool rprelu, int bn_mode) {
+  if (bn_mode == 2) return epilogue_bn<2>(path, residual, rprelu);
+  if (bn_mode == 1) return epilogue_bn<1>(path, residual, rprelu);
+  return epilogue_bn<0>(path, residual, rprelu);
 }
 
 inline float scale_of(const float* scale, int64_t f) { return scale ? scale[f] : 1.0f; }
@@ -483,7 +499,7 @@ struct Border {
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits, const uint64_t* wsplit,
             const int32_t* tapsum, const float* scale, const float* bias, float* out_f, int32_t* out_i, Path path,
             int nthreads, const float* residual, const float* rprelu, const uint64_t* xbits, uint64_t* out_bits,
-            const float* out_shift) {
+            const float* out_shift, const float* bn, int bn_mode) {
   const int64_t G = p.groups, Cg = p.C / G, Fg = p.F / G, Wg = words_for(Cg);
   const int64_t taps = p.KH * p.KW, kw = taps * Wg;
   const int32_t Kbits = static_cast<int32_t>(taps * Cg);
@@ -558,7 +574,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   // packed from the float result afterwards (into a scratch buffer when out_f is null)
   const bool bits_fused = out_bits && (G == 1 || Fg % 64 == 0);
   if (out_bits && !bits_fused && !out_f) out_f = scratch().get<float>(3, p.N * p.F * OHW);
-  const EpilogueFn epilogue = epilogue_fn(path, residual != nullptr, rprelu != nullptr);
+  const EpilogueFn epilogue = epilogue_fn(path, residual != nullptr, rprelu != nullptr, bn ? bn_mode : 0);
   const int64_t ntasks = G * fblocks * p.N * mblocks;
   parallel_for(ntasks, nthreads, [&](int64_t t) {
     const int64_t mi = t % mblocks;
@@ -595,9 +611,10 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
       if (out_i) {
         std::memcpy(out_i + o, a, sizeof(int32_t) * mc);
       } else {
-        const RPReLUParams act = rprelu ? RPReLUParams{rprelu[f], rprelu[p.F + f], rprelu[2 * p.F + f]}
-                                        : RPReLUParams{0.0f, 0.0f, 0.0f};
-        epilogue(a, scale_of(scale, f), bias_of(bias, f), residual ? residual + o : nullptr, yb + j * ys, mc, act);
+        const ChannelParams c{scale_of(scale, f), bias_of(bias, f), bn ? bn[f] : 1.0f, bn ? bn[p.F + f] : 0.0f,
+                              rprelu ? RPReLUParams{rprelu[f], rprelu[p.F + f], rprelu[2 * p.F + f]}
+                                     : RPReLUParams{0.0f, 0.0f, 0.0f}};
+        epilogue(a, residual ? residual + o : nullptr, yb + j * ys, mc, c);
       }
     }
     // 6. the signs of the result, channels-last, for the next binary layer
@@ -608,6 +625,15 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   if (out_bits && !bits_fused) {
     const int64_t ys[4] = {p.F * OHW, OHW, p.OW, 1};
     pack_nchw(out_f, p.N, p.F, p.OH, p.OW, ys, out_shift, 1, out_bits, pack_isa(path), nthreads);
+  }
+}
+
+void bn_terms(const float* weight, const float* bias, const float* mean, const float* var, float eps, int64_t F,
+              bool fma, float* alpha, float* beta) {
+  for (int64_t f = 0; f < F; ++f) {
+    const float invstd = 1.0f / std::sqrt(var[f] + eps);
+    alpha[f] = invstd * weight[f];
+    beta[f] = fma ? std::fma(-mean[f], alpha[f], bias[f]) : bias[f] - mean[f] * alpha[f];
   }
 }
 

@@ -39,6 +39,7 @@ struct CpuFeatures {
   bool popcnt = false;
   bool avx2 = false;
   bool avx512_vpopcntdq = false;  // avx512f + avx512bw + avx512vpopcntdq, OS-enabled
+  bool fma = false;               // the float epilogue's 8-wide build uses it (BatchNorm as torch fuses it)
 };
 
 const CpuFeatures& cpu_features();
@@ -184,11 +185,21 @@ struct ConvParams {
 // be null: y >= 0), y the float value above computed in the same float operations, so the bits are
 // those pack_nchw(out, out_shift) would give; unused bits of the last word are 0.  out_f may then be
 // null (only the bits are kept).  Not with out_i.
+// bn (float output only; may be null): [2, F] = alpha, beta of an eval BatchNorm applied right after
+// scale / bias, before the residual: y * alpha + beta rounded twice (bn_mode 1) or once, as a fused
+// multiply-add (bn_mode 2): torch's CPU BatchNorm is one or the other depending on its build, and
+// bn_terms computes alpha and beta as it does.
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits,
             const uint64_t* wsplit, const int32_t* tapsum, const float* scale, const float* bias, float* out_f,
             int32_t* out_i, Path path, int nthreads, const float* residual = nullptr,
             const float* rprelu = nullptr, const uint64_t* xbits = nullptr, uint64_t* out_bits = nullptr,
-            const float* out_shift = nullptr);
+            const float* out_shift = nullptr, const float* bn = nullptr, int bn_mode = 0);
+
+// alpha, beta [F] of an eval BatchNorm as torch's CPU kernel derives them from its parameters:
+// alpha = weight * (1 / sqrt(var + eps)) and beta = bias - mean * alpha, in float, the latter as one
+// fused multiply-add when fma (torch's FMA builds) or a product and a difference.
+void bn_terms(const float* weight, const float* bias, const float* mean, const float* var, float eps, int64_t F,
+              bool fma, float* alpha, float* beta);
 
 // x[M, K] (row stride ldx) against wbits[N, ldb]: y[m, n] = acc * scale[n] + bias[n] into out_f, or
 // the accumulator acc = K - 2 popcount into out_i.

@@ -41,6 +41,7 @@ const CpuFeatures& cpu_features() {
     __builtin_cpu_init();
     r.popcnt = __builtin_cpu_supports("popcnt");
     r.avx2 = __builtin_cpu_supports("avx2") && r.popcnt;
+    r.fma = __builtin_cpu_supports("fma");
     r.avx512_vpopcntdq = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vpopcntdq") && r.popcnt;
 #endif

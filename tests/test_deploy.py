@@ -174,6 +174,34 @@ def test_packed_layers_refuse_training_mode():
 # --- pack() on models -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet20"])
+def test_pack_runs_batchnorm_in_the_epilogue_bit_for_bit(name, monkeypatch):
+    """pack() without folding: each BinaryUnit's BatchNorm (then the shortcut add and RPReLU) runs in
+    the packed conv's epilogue as torch computes it, so the logits stay bit-identical; it follows
+    in-place changes of the BatchNorm; where the engine cannot reproduce torch's BatchNorm the units
+    stay unfused, with the same logits."""
+    import onebit.deploy.packed as packed_mod
+    from onebit.models.blocks import BinaryUnit
+    model = randomize(onebit.create_model(name), seed=4).eval()
+    x = torch.randn(4, 3, 32, 32)
+    packed = pack(model)
+    units = [m for m in packed.modules() if isinstance(m, BinaryUnit)]
+    fused = packed_mod._torch_bn_fma() is not None
+    assert units and all((type(m).__name__ == "PackedBinaryUnit") == fused for m in units)
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
+        for m in (model, packed):  # the same in-place change in both: the cached terms must follow
+            bn = [u for u in m.modules() if isinstance(u, BinaryUnit)][2].bn
+            bn.running_mean.add_(0.25)
+            bn.weight.mul_(-1.5)
+        assert torch.equal(packed(x), model(x))
+    monkeypatch.setattr(packed_mod, "_BN_MODE", [None])
+    plain = pack(model)
+    assert all(type(m) is BinaryUnit for m in plain.modules() if isinstance(m, BinaryUnit))
+    with torch.no_grad():
+        assert torch.equal(plain(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet20"])
 @pytest.mark.parametrize("fold_bn", [False, True])
 def test_pack_model_same_logits(name, fold_bn):
     torch.manual_seed(0)

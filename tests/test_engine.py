@@ -314,6 +314,44 @@ def test_bound_conv_matches_conv2d_and_checks_its_shape():
             engine._C.BoundConv2d(x.shape, True, bits, tapsum, *geo, shift, scale, bias, path, ws)
 
 
+def test_conv_batchnorm_epilogue_matches_float_reference():
+    """bn_terms derives alpha and beta in torch's float steps; the epilogue then computes
+    (acc * scale + bias) * alpha + beta rounded twice, or once (a fused multiply-add), then the
+    residual, as the float32 reference (the fused form emulated in float64: exact product, one
+    rounding of the sum, then to float32)."""
+    rng = np.random.default_rng(12)
+    c, f = 37, 11
+    x = rng.standard_normal((2, c, 7, 9)).astype(np.float32)
+    wt = rng.standard_normal((f, c, 3, 3)).astype(np.float32)
+    scale = rng.uniform(0.1, 1.0, f).astype(np.float32)
+    bias = rng.standard_normal(f).astype(np.float32)
+    w, b = rng.standard_normal(f).astype(np.float32), rng.standard_normal(f).astype(np.float32)
+    mean = (rng.standard_normal(f) * 3).astype(np.float32)
+    var = rng.uniform(0.01, 4.0, f).astype(np.float32)
+    bits, tapsum = engine.pack_conv_weight(wt)
+    t = engine.conv2d(x, bits, tapsum, kernel_size=3, padding=1, scale=scale, bias=bias)
+    r = rng.standard_normal(t.shape).astype(np.float32)
+    alpha = ((np.float32(1) / np.sqrt(var + np.float32(1e-5))) * w).astype(np.float32)
+    col = (None, slice(None), None, None)
+    for fma in (False, True):
+        terms = engine._C.bn_terms(w, b, mean, var, 1e-5, fma)
+        np.testing.assert_array_equal(terms[0], alpha)
+        if fma:
+            beta = (b.astype(np.float64) - mean.astype(np.float64) * alpha).astype(np.float32)
+            y = (t.astype(np.float64) * alpha[col] + beta[col]).astype(np.float32)
+        else:
+            beta = (b - mean * alpha).astype(np.float32)
+            y = (t * alpha[col]).astype(np.float32) + beta[col]
+        np.testing.assert_array_equal(terms[1], beta)
+        for path in PATHS:
+            conv = engine._C.BoundConv2d(x.shape, False, bits, tapsum, 1, (3, 3), (1, 1), (1, 1), (1, 1), (7, 9),
+                                         None, scale, bias, path)
+            np.testing.assert_array_equal(conv(x, bn=terms, bn_fma=fma), y)
+            np.testing.assert_array_equal(conv(x, bn=terms, bn_fma=fma, residual=r), y + r)
+    with pytest.raises(ValueError, match="bn must be float32"):
+        conv(x, bn=terms[:, :3])
+
+
 def test_conv_residual_and_out_are_checked():
     x = np.zeros((1, 4, 5, 5), np.float32)
     bits, tapsum = engine.pack_conv_weight(np.ones((2, 4, 3, 3), np.float32))

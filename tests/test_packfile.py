@@ -374,6 +374,9 @@ def test_cli_bench_quick(tmp_path, capsys):
     assert res["twin"] == "resnet20" and run["resnet20_ms"] > 0
     assert any(v[0] == "PackedBinaryConv2d" for v in run["layers"]["packed"].values())
     assert out.with_suffix(".md").is_file() and "speed-up" in text
+    assert res["fold_bn"] is True
+    assert cli(["bench", "bireal_resnet20", "--quick", "--no-layers", "--unfolded", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["fold_bn"] is False
     # a packed file and the layer mode
     packed = tmp_path / "r.onebit"
     deploy.save(onebit.create_model("bireal_resnet20").eval(), packed)

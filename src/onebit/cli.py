@@ -391,7 +391,7 @@ def cmd_bench(args) -> int:
             raise ValueError(f"{args.model} does not exist")
         tag = Path(args.model.removeprefix("zoo:")).name.split(".")[0]
         res = bench.bench_model(args.model, batches, threads, parse_size(args.input_size), args.repeats, args.warmup,
-                                per_layer=not args.no_layers, log=print)
+                                per_layer=not args.no_layers, log=print, fold_bn=not args.unfolded)
     out = Path(args.out or f"results/bench_{re.sub(r'[^A-Za-z0-9_.-]', '_', tag)}.json")
     print()
     print(bench.format_result(res, layer_rows=10))
@@ -508,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", choices=["conv", "linear"], help="time one layer instead of a model")
     p.add_argument("--shape", help="--layer conv: C_IN,C_OUT,H,W[,K,STRIDE]; --layer linear: M,K,N")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
+    p.add_argument("--unfolded", action="store_true",
+                   help="pack without folding BatchNorms (bit-identical to the model) instead of fold_bn")
     p.add_argument("--quick", action="store_true", help="batch 1, 1 thread, at most 2 repeats, no warm-up")
     p.add_argument("--out", help="JSON result (default results/bench_NAME.json; Markdown beside it)")
     p.set_defaults(fn=cmd_bench)

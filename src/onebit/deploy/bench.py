@@ -4,8 +4,8 @@
     print(format_model(res))
     res = bench_layer("conv", (256, 256, 14, 14, 3, 1))
 
-Variants timed for a model: ``packed`` (onebit's engine, fold_bn=True), ``float32`` (the same
-model unpacked: its binary layers binarize latent float32 weights and activations in PyTorch,
+Variants timed for a model: ``packed`` (onebit's engine; packed with fold_bn=True unless
+``fold_bn=False``, ``--unfolded``), ``float32`` (the same model unpacked: its binary layers binarize latent float32 weights and activations in PyTorch,
 what runs without onebit's engine) and, when the registry has one, the real-valued twin
 (``fp_<rest>``, ``<name>_fp`` or the name without its method prefix, e.g. resnet18 for
 bireal_resnet18).  Times are medians over ``repeats`` forward passes after ``warmup`` passes,
@@ -142,9 +142,10 @@ def fp_twin(name: Optional[str]) -> Optional[str]:
     return None
 
 
-def resolve(spec: str):
+def resolve(spec: str, fold_bn: bool = True):
     """(float model, packed model, registry name, config, input size or None) for a registry name,
-    zoo:NAME, checkpoint or packed file (the float model of a packed file has random weights)."""
+    zoo:NAME, checkpoint or packed file (the float model of a packed file has random weights); the
+    model is packed with ``fold_bn`` (a packed file as it was saved)."""
     from pathlib import Path
     from ..binarize import set_progress
     from ..models import create_model
@@ -166,16 +167,16 @@ def resolve(spec: str):
         name, config, size = meta["model"], meta.get("model_kwargs", {}), tuple(meta["input_size"])
     else:
         model, name, config, size = create_model(spec).eval(), spec, {}, None
-    return model, pack(model.eval(), fold_bn=True), name, config, size
+    return model, pack(model.eval(), fold_bn=fold_bn), name, config, size
 
 
 def bench_model(spec, batches: Sequence[int] = (1, 32), thread_counts: Sequence[int] = (1, 2),
                 input_size: Optional[tuple] = None, repeats: int = 5, warmup: int = 1, per_layer: bool = True,
-                twin: bool = True, log=None) -> dict:
+                twin: bool = True, log=None, fold_bn: bool = True) -> dict:
     """End-to-end and per-layer latency of packed vs float32 (and the fp twin); see the module doc."""
     from ..models import create_model
     from ..train.loop import git_commit, machine_info
-    model, packed, name, config, size = resolve(spec) if isinstance(spec, str) else spec
+    model, packed, name, config, size = resolve(spec, fold_bn) if isinstance(spec, str) else spec
     size = tuple(input_size or size or default_input_size(model))
     variants = {"float32": model.eval(), "packed": packed.eval()}
     tw = fp_twin(name) if twin else None
@@ -189,7 +190,7 @@ def bench_model(spec, batches: Sequence[int] = (1, 32), thread_counts: Sequence[
                          for label in ("float32", "packed")}) if per_layer else None
     runs = _time_grid(variants, inputs, thread_counts, repeats, warmup, "float32", layers, log)
     return {"kind": "model", "model": name, "model_kwargs": config, "spec": spec if isinstance(spec, str) else name,
-            "input_size": list(size), "twin": tw, "repeats": repeats, "warmup": warmup,
+            "input_size": list(size), "twin": tw, "repeats": repeats, "warmup": warmup, "fold_bn": fold_bn,
             "engine_path": engine.best_path(), "engine_threads": engine.thread_backend(), "machine": machine_info(),
             "commit": git_commit(), "runs": runs}
 

@@ -281,8 +281,12 @@ class PackedBinaryConv2d(_Packed):
         return tuple(pads), (oh, ow)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
-                rprelu: Optional[np.ndarray] = None, emit_for: Optional["PackedBinaryConv2d"] = None) -> torch.Tensor:
+                rprelu: Optional[np.ndarray] = None, emit_for: Optional["PackedBinaryConv2d"] = None,
+                bn: Optional[Tuple[np.ndarray, bool]] = None) -> torch.Tensor:
         """y = acc * scale + bias, plus ``residual`` (a tensor of y's shape) if given.
+
+        ``bn`` = (terms, fma) from :func:`_bn_epilogue` applies an eval BatchNorm to acc * scale + bias
+        (before the residual) in the engine's epilogue, bit for bit as torch's BatchNorm would.
 
         With a float32 CPU input and a C-contiguous float32 CPU residual that needs no gradient, the
         add is fused into the engine's epilogue, rounded exactly as ``forward(x) + residual``;
@@ -307,7 +311,7 @@ class PackedBinaryConv2d(_Packed):
             if not _fusable_residual(x, residual, self):
                 if rprelu is not None:
                     raise ValueError("PackedBinaryConv2d: rprelu needs a fused residual (float32 CPU, contiguous)")
-                return self.forward(x) + residual
+                return self.forward(x, bn=bn) + residual
             res = residual.numpy()
         elif rprelu is not None:
             raise ValueError("PackedBinaryConv2d: rprelu is applied only together with a residual")
@@ -321,7 +325,7 @@ class PackedBinaryConv2d(_Packed):
         if conv is None:
             conv = self._bind(a, shape, plan, path, xbits is not None)
         out = conv(xa, xbits, nt, False, res, None, rprelu, nxt is not None, True,
-                   None if nxt is None else nxt._arrays(path)["shift"])
+                   None if nxt is None else nxt._arrays(path)["shift"], *(bn or (None, False)))
         if nxt is None:
             y = torch.from_numpy(out)
             return y if fast else _output(y, x)
@@ -541,27 +545,94 @@ def _rprelu_array(act: nn.Module) -> np.ndarray:
     return cached[1]
 
 
+def _bn_terms(bn: nn.BatchNorm2d, fma: bool) -> np.ndarray:
+    """[2, C] float32 alpha, beta of an eval BatchNorm as torch's CPU kernel derives them."""
+    c = bn.num_features
+    w = bn.weight.detach() if bn.weight is not None else torch.ones(c)
+    b = bn.bias.detach() if bn.bias is not None else torch.zeros(c)
+    f = [engine.as_f32(t.float().cpu()) for t in (w, b, bn.running_mean, bn.running_var)]
+    return engine._C.bn_terms(*f, float(bn.eps), fma)
+
+
+_BN_MODE: list = []  # [mode] once probed: True (torch's BatchNorm fuses its multiply-adds), False, or None
+
+
+def _torch_bn_fma() -> Optional[bool]:
+    """How this process's torch computes an eval BatchNorm on float32 CPU tensors: True if with fused
+    multiply-adds, False if with separate products and sums, None if the engine reproduces neither
+    (then BatchNorms stay in torch).  Found once, by running a random binary conv + BatchNorm both
+    ways on 8 images and comparing bit for bit."""
+    if not _BN_MODE:
+        g = torch.Generator().manual_seed(0)
+        c = 48
+        layer = BinaryConv2d(c, c, 3, 1, 1, bias=False, input_binarizer={"name": "rsign", "estimator": "approx_sign"},
+                             scale="channel").eval()
+        bn = nn.BatchNorm2d(c).eval()
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g))
+            bn.running_mean.copy_(torch.randn(c, generator=g) * 3)
+            bn.running_var.copy_(torch.rand(c, generator=g) * 4 + 0.01)
+            bn.weight.copy_(torch.randn(c, generator=g))
+            bn.bias.copy_(torch.randn(c, generator=g))
+            x = torch.randn(8, c, 12, 12, generator=g)
+            want = bn(layer(x))
+            packed = PackedBinaryConv2d.from_layer(layer)
+            mode = None
+            for fma in (True, False):
+                if torch.equal(packed(x, bn=(_bn_terms(bn, fma), fma)), want):
+                    mode = fma
+                    break
+        _BN_MODE.append(mode)
+    return _BN_MODE[0]
+
+
+def _bn_epilogue(bn: nn.Module) -> Optional[Tuple[np.ndarray, bool]]:
+    """(terms, fma) for PackedBinaryConv2d.forward's ``bn``: an eval nn.BatchNorm2d with running
+    statistics that the engine reproduces exactly (see _torch_bn_fma), or None.  The terms are cached
+    on the module until one of its tensors is replaced or changed in place (checked per call)."""
+    if type(bn) is not nn.BatchNorm2d or bn.training:
+        return None
+    ps, bs = bn._parameters, bn._buffers
+    w, b, mean, var = ps.get("weight"), ps.get("bias"), bs.get("running_mean"), bs.get("running_var")
+    if mean is None or var is None:
+        return None
+    key = (id(w), id(b), id(mean), id(var), -1 if w is None else w._version, -1 if b is None else b._version,
+           mean._version, var._version, bn.eps)
+    cached = bn.__dict__.get("_packed_bn")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    fma = _torch_bn_fma()
+    if fma is None:
+        return None
+    cached = (key, (_bn_terms(bn, fma), fma), (w, b, mean, var))  # (holding the tensors: no id reuse)
+    bn.__dict__["_packed_bn"] = cached
+    return cached[1]
+
+
 def _fused_unit_class():
     """PackedBinaryUnit: a BinaryUnit whose folded packed conv adds the shortcut in its epilogue."""
     from ..models.blocks import BinaryUnit
 
     class PackedBinaryUnit(BinaryUnit):
-        """act(conv(x) + shortcut(x)) with the BatchNorm folded into the packed conv: the residual
-        add runs in the engine's epilogue (same rounding as the separate add).  Same children and
-        state_dict as the BinaryUnit it replaces; falls back to BinaryUnit.forward otherwise."""
+        """act(BN(conv(x)) + shortcut(x)) in the packed conv's epilogue: the BatchNorm either folded
+        into the conv (fold_bn) or applied as torch applies it (_bn_epilogue), then the residual add
+        and an RPReLU, each rounded as the separate torch op.  Same children and state_dict as the
+        BinaryUnit it replaces; falls back to BinaryUnit.forward otherwise."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             conv = self.conv
-            if type(conv) is PackedBinaryConv2d and type(self.bn) is nn.Identity:
-                sc = self.shortcut
-                r = x if type(sc) is nn.Identity else sc(x)
-                act = self.act
-                nxt = self.__dict__.get("_emit_for")  # the next packed conv, when it reads our output (pack)
-                if type(act) is RPReLU and act.dim == 1 and _fusable_residual(x, r, conv):
-                    return conv(x, residual=r, rprelu=_rprelu_array(act), emit_for=nxt)
-                if type(act) is nn.Identity:
-                    return conv(x, residual=r, emit_for=nxt)
-                return act(conv(x, residual=r))
+            if type(conv) is PackedBinaryConv2d:
+                bn = None if type(self.bn) is nn.Identity else _bn_epilogue(self.bn)
+                if bn is not None or type(self.bn) is nn.Identity:
+                    sc = self.shortcut
+                    r = x if type(sc) is nn.Identity else sc(x)
+                    act = self.act
+                    nxt = self.__dict__.get("_emit_for")  # the next packed conv, when it reads our output (pack)
+                    if type(act) is RPReLU and act.dim == 1 and _fusable_residual(x, r, conv):
+                        return conv(x, residual=r, rprelu=_rprelu_array(act), emit_for=nxt, bn=bn)
+                    if type(act) is nn.Identity:
+                        return conv(x, residual=r, emit_for=nxt, bn=bn)
+                    return act(conv(x, residual=r, bn=bn))
             return BinaryUnit.forward(self, x)
 
     PackedBinaryUnit.__qualname__ = "PackedBinaryUnit"
@@ -573,8 +644,9 @@ _FUSED_UNIT = None
 
 
 def _fuse_units(model: nn.Module) -> int:
-    """Give every BinaryUnit whose BatchNorm was folded into its packed conv the fused forward
-    (class swap: modules, names and state_dict unchanged).  Returns the number fused."""
+    """Give every BinaryUnit with a packed conv, and a BatchNorm folded into it or one the engine
+    applies exactly (_bn_epilogue), the fused forward (class swap: modules, names and state_dict
+    unchanged).  Returns the number fused."""
     global _FUSED_UNIT
     from ..models.blocks import BinaryUnit
     if _FUSED_UNIT is None:
@@ -582,7 +654,7 @@ def _fuse_units(model: nn.Module) -> int:
     n = 0
     for m in model.modules():
         if (type(m) is BinaryUnit and type(m._modules.get("conv")) is PackedBinaryConv2d
-                and type(m._modules.get("bn")) is nn.Identity):
+                and (type(m._modules.get("bn")) is nn.Identity or _bn_epilogue(m._modules.get("bn")) is not None)):
             m.__class__ = _FUSED_UNIT
             n += 1
     return n
@@ -619,8 +691,9 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     faster where it can do so exactly: nn.MaxPool2d and nn.AvgPool2d become the engine's pools
     (deploy.pool: the same tensors, bit for bit), BinaryViT's attention computes Q K^T and P V on
     the engine (deploy.attention; same scores, P V to float rounding), and
-    with ``fold_bn=True`` a BinaryUnit whose BatchNorm was folded adds its shortcut in the packed
-    conv's epilogue (same rounding as the separate add; same modules and state_dict).  With
+    a BinaryUnit runs its BatchNorm, shortcut add and RPReLU in the packed conv's epilogue, each
+    rounded as the separate torch op (the BatchNorm as torch's CPU kernel computes it, found once
+    per process by _torch_bn_fma; or folded, with ``fold_bn=True``; same modules and state_dict).  With
     ``link_bits=True`` a packed layer whose output feeds the next packed conv of an nn.Sequential
     directly also emits that conv's input bits from its epilogue (the same bits the conv would pack
     itself; see _link_bits).  Off by default: in residual networks the float output is needed
@@ -655,7 +728,7 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
             parent._modules[child_name] = packed
     if fold_bn:
         _fold_pairs(out)
-        _fuse_units(out)
+    _fuse_units(out)
     if link_bits:
         _link_bits(out)
     _swap_pools(out)
