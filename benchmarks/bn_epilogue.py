@@ -1,6 +1,6 @@
-"""Where should a packed model's BatchNorms run?  Batch-1 latency of one model packed three ways.
+"""Where should a packed model's BatchNorms run?  Latency of one model packed three ways.
 
-    python benchmarks/bn_epilogue.py [zoo:NAME | registry name] [--rounds 6 --calls 300 --threads 1]
+    python benchmarks/bn_epilogue.py [zoo:NAME | registry name] [--rounds 6 --calls 300 --threads 1 --batch 1]
 
 ``epilogue``: pack(model), each BinaryUnit's BatchNorm, shortcut add and activation in the packed
 conv's epilogue as torch computes them (bit-identical logits); ``torch``: the same, but with the
@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--size", type=int, default=32, help="input height and width")
+    ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--out", default="results/bn_epilogue.json")
     args = ap.parse_args()
     model = load(args.model)
@@ -53,7 +54,7 @@ def main() -> int:
     packed_mod._BN_MODE[:] = [mode]
     torch.set_num_threads(args.threads)
     engine.set_num_threads(args.threads)
-    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     times = {k: [] for k in variants}
     with torch.no_grad():
         ref = model(x)
@@ -68,13 +69,13 @@ def main() -> int:
                     times[name].append(time.perf_counter() - t)
     med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     print(f"{cpu_name()}  engine path {engine.best_path()}  torch BatchNorm with FMA: {mode}  "
-          f"threads {args.threads}, batch 1")
+          f"threads {args.threads}, batch {args.batch}")
     for k in variants:
         print(f"{k:>9}: {med[k]:.3f} ms (float32 / this {med['float32'] / med[k]:.2f}x)"
               f"  logits bit-identical: {exact[k]}")
     write_json({"command": "python benchmarks/bn_epilogue.py " + " ".join(sys.argv[1:]),
                           "model": args.model, "commit": git_commit(), "cpu": cpu_name(), "cpu_flags": cpu_flags(),
-                          "engine_path": engine.best_path(), "torch_bn_fma": mode, "threads": args.threads,
+                          "engine_path": engine.best_path(), "torch_bn_fma": mode, "threads": args.threads, "batch": args.batch,
                           "rounds": args.rounds, "calls": args.calls, "median_ms": med, "bit_identical": exact}, args.out)
     print(f"wrote {args.out}")
     return 0
