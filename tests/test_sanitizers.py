@@ -25,8 +25,8 @@ def test_engine_selftest_under_asan_ubsan(tmp_path):
     sources = [str(p) for p in sorted(CSRC.glob("*.cpp")) if p.name != "bindings.cpp"]
     exe = tmp_path / "engine_selftest"
     build = subprocess.run(
-        [gxx, "-std=c++17", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
-         "-fno-omit-frame-pointer", "-pthread", f"-I{CSRC}", str(CSRC / "tests" / "engine_selftest.cpp"), *sources,
+        [gxx, "-std=c++17", "-O1", "-g", "-ffp-contract=off",  # as the package build: no implicit FMAs
+         "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-pthread", f"-I{CSRC}", str(CSRC / "tests" / "engine_selftest.cpp"), *sources,
          "-o", str(exe), "-ldl"], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-4000:]
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0", UBSAN_OPTIONS="print_stacktrace=1")

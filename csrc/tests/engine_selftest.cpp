@@ -1,6 +1,7 @@
 // Standalone self-test of the engine (no Python): every kernel path this CPU has, against scalar
 // references, on random shapes and edge cases; and the thread pool.  Built and run under
 // -fsanitize=address,undefined by tests/test_sanitizers.py; exits 0 iff every check passed.
+#include <cmath>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -142,6 +143,19 @@ void test_conv(std::mt19937& rng, Path path) {
         ok &= ya[i] == (t > 0.0f ? t : sl * t) + z && yn[i] == (u > 0.0f ? u : sl * u) + z;
       }
       check(ok, "conv2d fused rprelu", path_name(path));
+      // BatchNorm stage (alpha, beta per filter) before the residual: two roundings, or one fused
+      std::vector<float> bnp = randoms(rng, 2 * p.F), y1(y.size()), y2(y.size());
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), y1.data(),
+             nullptr, path, nt, r.data(), nullptr, nullptr, nullptr, nullptr, bnp.data(), 1);
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), y2.data(),
+             nullptr, path, nt, r.data(), nullptr, nullptr, nullptr, nullptr, bnp.data(), 2);
+      ok = true;
+      for (size_t i = 0; i < y.size(); ++i) {
+        const int64_t f = (static_cast<int64_t>(i) / (p.OH * p.OW)) % p.F;
+        const float prod = y[i] * bnp[f];
+        ok &= y1[i] == (prod + bnp[p.F + f]) + r[i] && y2[i] == std::fma(y[i], bnp[f], bnp[p.F + f]) + r[i];
+      }
+      check(ok, "conv2d batchnorm epilogue", path_name(path));
       // packed-bits output: the signs of ya + a threshold, channels-last, with and without the float;
       // then those bits as the input of a layer with F input channels (accumulators against the floats)
       const int64_t wf = words_for(p.F), npix = p.N * p.OH * p.OW;
