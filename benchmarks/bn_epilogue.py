@@ -3,9 +3,9 @@
     python benchmarks/bn_epilogue.py [zoo:NAME | registry name] [--rounds 6 --calls 300 --threads 1 --batch 1]
 
 ``epilogue``: pack(model), each BinaryUnit's BatchNorm, shortcut add and activation in the packed
-conv's epilogue as torch computes them (bit-identical logits); ``torch``: the same, but with the
-BatchNorms left to torch (what pack() falls back to where the engine cannot reproduce torch's
-BatchNorm); ``folded``: pack(model, fold_bn=True) (BatchNorms folded into scale and bias, logits
+conv's epilogue as torch computes them (bit-identical logits); ``torch``: pack(model,
+fuse_units=False), the BatchNorms, adds and activations left to torch (what pack() falls back to
+where the engine cannot reproduce torch's BatchNorm); ``folded``: pack(model, fold_bn=True) (BatchNorms folded into scale and bias, logits
 approximate); ``float32``: the model itself.  Rounds alternate the variants, each round timing
 ``calls`` back-to-back calls of each; medians over all calls.  Writes
 results/bn_epilogue.json (or --out) with the CPU, the commit and whether each variant's logits
@@ -47,11 +47,9 @@ def main() -> int:
     ap.add_argument("--out", default="results/bn_epilogue.json")
     args = ap.parse_args()
     model = load(args.model)
-    mode = packed_mod._torch_bn_fma()
-    variants = {"epilogue": pack(model), "folded": pack(model, fold_bn=True), "float32": model}
-    packed_mod._BN_MODE[:] = [None]  # pack() as on a torch whose BatchNorm the engine cannot reproduce
-    variants["torch"] = pack(model)
-    packed_mod._BN_MODE[:] = [mode]
+    mode = packed_mod._torch_bn_fma()  # recorded: how this torch rounds its BatchNorm
+    variants = {"epilogue": pack(model), "folded": pack(model, fold_bn=True), "float32": model,
+                "torch": pack(model, fuse_units=False)}  # BatchNorm, add and activation in torch
     torch.set_num_threads(args.threads)
     engine.set_num_threads(args.threads)
     x = torch.randn(args.batch, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))

@@ -194,11 +194,14 @@ def test_pack_runs_batchnorm_in_the_epilogue_bit_for_bit(name, monkeypatch):
             bn.running_mean.add_(0.25)
             bn.weight.mul_(-1.5)
         assert torch.equal(packed(x), model(x))
+    unfused = pack(model, fuse_units=False)  # the option: the same, with BN, add and RPReLU in torch
+    assert all(type(m) is BinaryUnit for m in unfused.modules() if isinstance(m, BinaryUnit))
     monkeypatch.setattr(packed_mod, "_BN_MODE", [None])
     plain = pack(model)
     assert all(type(m) is BinaryUnit for m in plain.modules() if isinstance(m, BinaryUnit))
     with torch.no_grad():
         assert torch.equal(plain(x), model(x))
+        assert torch.equal(unfused(x), model(x))
 
 
 @pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet20"])

@@ -679,7 +679,8 @@ def _swap_pools(model: nn.Module) -> int:
     return n
 
 
-def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link_bits: bool = False) -> nn.Module:
+def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link_bits: bool = False,
+         fuse_units: bool = True) -> nn.Module:
     """A copy of ``model`` (eval mode) with every packable binary layer replaced by its packed twin.
 
     Packs BinaryConv2d / BinaryLinear with binary inputs and weights; keeps layers with real inputs
@@ -693,7 +694,9 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     the engine (deploy.attention; same scores, P V to float rounding), and
     a BinaryUnit runs its BatchNorm, shortcut add and RPReLU in the packed conv's epilogue, each
     rounded as the separate torch op (the BatchNorm as torch's CPU kernel computes it, found once
-    per process by _torch_bn_fma; or folded, with ``fold_bn=True``; same modules and state_dict).  With
+    per process by _torch_bn_fma; or folded, with ``fold_bn=True``; same modules and state_dict);
+    ``fuse_units=False`` leaves those three to torch, as on a torch whose BatchNorm the engine cannot
+    reproduce (for comparisons: the outputs are the same either way).  With
     ``link_bits=True`` a packed layer whose output feeds the next packed conv of an nn.Sequential
     directly also emits that conv's input bits from its epilogue (the same bits the conv would pack
     itself; see _link_bits).  Off by default: in residual networks the float output is needed
@@ -728,7 +731,8 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
             parent._modules[child_name] = packed
     if fold_bn:
         _fold_pairs(out)
-    _fuse_units(out)
+    if fuse_units:
+        _fuse_units(out)
     if link_bits:
         _link_bits(out)
     _swap_pools(out)
