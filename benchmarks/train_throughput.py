@@ -1,6 +1,7 @@
-"""Training throughput (img/s) of binary ResNet-20 variants against the fp32 ResNet-20.
+"""Training throughput (img/s) of binary ResNet-20 variants (and BinaryViT-CIFAR) against the fp32 ResNet-20.
 
     python benchmarks/train_throughput.py [--batch 128 --threads 2 --steps 30 --compile]
+        [--models "fp32 resnet20" binaryvit_cifar ...]
 
 Runs forward + backward + SGD step on random 32x32 batches, interleaving the models over
 several rounds so that drifting machine load affects them alike; reports the median img/s
@@ -29,7 +30,9 @@ MODELS = {
                                                            "weight_binarizer": {"name": "reste", "o_end": 3},
                                                            "scale": "tensor"}),
     "reactnet_resnet20": ("reactnet_resnet20", {}),
+    "binaryvit_cifar": ("binaryvit_cifar", {}),  # Table 3's pyramid row (not in the default set)
 }
+DEFAULT = [m for m in MODELS if m != "binaryvit_cifar"]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_flags, cpu_name, write_json  # noqa: E402
 
@@ -55,15 +58,19 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
+    ap.add_argument("--models", nargs="+", default=DEFAULT, choices=list(MODELS),
+                    help="models to time (the fp32 ResNet-20 is always timed: the ratios refer to it)")
     ap.add_argument("--out", default="results/train_throughput.json")
     args = ap.parse_args(argv)
+    models = ["fp32 resnet20"] + [m for m in args.models if m != "fp32 resnet20"]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
 
     runs = {}
-    for label, (name, kw) in MODELS.items():
+    for label in models:
+        name, kw = MODELS[label]
         model = onebit.create_model(name, **kw)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -227,6 +227,9 @@ class Run:
                                  "(--set kd.teacher=...)")
             distiller = LogitsKD(Teacher(build_teacher(str(kd["teacher"])).to(device)), kd.get("temperature", 1.0),
                                  kd.get("alpha", 1.0), kd.get("loss", "soft_ce"), tcfg["label_smoothing"])
+        # the training forward; evaluation and checkpoints use the model itself (compiled graphs are
+        # guarded on the estimators' schedules, so a changed ReSTE o recompiles rather than going stale)
+        forward = torch.compile(model) if tcfg["compile"] else model
         train_tf, eval_tf = build_transforms(recipe["data"])
         seed = int(recipe["seed"])
         loader = D.BatchLoader(self.train_ds, tcfg["batch_size"], shuffle=True, transform=train_tf,
@@ -285,7 +288,7 @@ class Run:
                                    smoothing=tcfg["label_smoothing"])
                 x, y, target = x.to(device, non_blocking=True), y.to(device), target.to(device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(x)
+                    logits = forward(x)
                     if distiller is not None:
                         loss = distiller.loss(logits, x, target, self.meta["progress"])
                     else:
