@@ -6,7 +6,8 @@
 The zoo runs' table reads results/runs/*.json: each is the results.json that `onebit train`
 wrote into a run directory, copied here when the run finished (scripts/record_run.sh does the
 copy).  The BinaryViT Table 3 block reads results/binaryvit_table3.json
-(benchmarks/binaryvit_table3.py).
+(benchmarks/binaryvit_table3.py); the ReSTE ablation block results/reste_ablation.json
+(benchmarks/reste_ablation.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TABLE3_START, TABLE3_END = "<!-- table3:start -->", "<!-- table3:end -->"
+ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
 def fmt(v, nd=2):
@@ -57,6 +59,26 @@ def table3() -> str:
             + "\n".join(rows))
 
 
+def ablation() -> str:
+    """ReSTE appendix ablation: mean +- spread per estimator, and the two directions the paper reports."""
+    p = ROOT / "results" / "reste_ablation.json"
+    if not p.is_file():
+        return "Not run yet."
+    r = json.loads(p.read_text())
+    res = r["results"]
+    rows = [f"| {cfg} | `{json.dumps(v['estimator'])}` | {fmt(v['mean'])} | {fmt(v['spread'])} | "
+            f"{', '.join(fmt(a) for a in v['best_val_top1'])} |" for cfg, v in res.items()]
+    checks = []
+    if "reste_cos3" in res and "ste" in res:
+        checks.append(f"ReSTE (o_end = 3, cos) >= clipped STE: {res['reste_cos3']['mean'] >= res['ste']['mean']}")
+    if "reste_cos3" in res and "reste_fixed3" in res:
+        checks.append(f"progressive o >= fixed o = 3: {res['reste_cos3']['mean'] >= res['reste_fixed3']['mean']}")
+    return (f"Budget: {r['epochs']} epochs per run; command `{r['command']}`; commit {r['commit']}; "
+            f"{r['machine'].get('cpu', '?')}.  " + "; ".join(checks) + " (means over the seeds).\n\n"
+            "| config | estimator | mean best val top-1 (%) | spread (+-) | per seed |\n|---|---|---|---|---|\n"
+            + "\n".join(rows))
+
+
 def replace_block(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
         raise SystemExit(f"README.md has no {start} ... {end} block")
@@ -72,6 +94,7 @@ def main(argv=None) -> int:
     readme = (ROOT / "README.md").read_text()
     new = replace_block(readme, START, END, table())
     new = replace_block(new, TABLE3_START, TABLE3_END, table3())
+    new = replace_block(new, ABLATION_START, ABLATION_END, ablation())
     if args.check:
         return 0 if new == readme else 1
     (ROOT / "README.md").write_text(new)
