@@ -237,6 +237,37 @@ def test_cli_train_eval_and_errors(tmp_path, capsys):
     assert "dog" in capsys.readouterr().err
     assert cli(["train", "--recipe", "reste-resnet20-cifar10", "--out", str(tmp_path / "r3")]) == 2
     assert "data.root is not set" in capsys.readouterr().err
+    assert not (tmp_path / "r3").exists()  # refused at start-up: nothing written
+
+
+def test_run_refused_at_start_up_can_be_rerun_corrected(tmp_path, capsys):
+    """A run that fails its start-up checks (here: a KD teacher that does not exist, found only
+    once the data and model are built) leaves no run directory behind, so the corrected command
+    runs without --force; the failure is one line and exit code 2."""
+    p = tiny_recipe(tmp_path, epochs=1)
+    out = tmp_path / "run"
+    bad = ["train", "--recipe", str(p), "--out", str(out), "--quiet", "--set", f"kd={{teacher: {tmp_path / 'nope.pt'}}}"]
+    assert cli(bad) == 2
+    assert "nope.pt" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli(["train", "--recipe", str(p), "--out", str(out), "--quiet"]) == 0
+    assert {"best.pt", "last.pt", "metrics.jsonl", "recipe.yaml", "results.json"} <= {f.name for f in out.iterdir()}
+
+
+def test_force_starts_over_and_keeps_other_files(tmp_path):
+    """--force restarts a finished run in its directory: the old metrics rows are gone (the files
+    are appended to, so a stale row would show), files that are not the run's are kept."""
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=2)))
+    out = tmp_path / "run"
+    train(recipe, out, quiet=True)
+    (out / "notes.txt").write_text("mine")
+    assert [r["epoch"] for r in rows(out)] == [1, 2]
+    with pytest.raises(ValueError, match="already exists"):
+        train(load_recipe(str(tiny_recipe(tmp_path, epochs=1))), out, quiet=True)
+    assert [r["epoch"] for r in rows(out)] == [1, 2]  # refused: untouched
+    train(load_recipe(str(tiny_recipe(tmp_path, epochs=1))), out, quiet=True, force=True)
+    assert [r["epoch"] for r in rows(out)] == [1] and (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "results.json").read_text())["epochs"] == 1
 
 
 def test_yaml_reads_exponent_floats():
@@ -293,9 +324,10 @@ def test_resume_may_change_data_root_and_threads_only(tmp_path, capsys):
     recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=2)))
     out = tmp_path / "run"
     assert train(recipe, out, quiet=True, stop_after_steps=2)["interrupted"]
-    assert main(["train", "--out", str(out), "--resume", "--set", "train.epochs=5"]) != 0
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.epochs=5"]) == 2
     assert "only --set data.root=PATH and --set train.threads=N" in capsys.readouterr().err
-    assert main(["train", "--out", str(out), "--resume", "--set", "train.threads=0"]) != 0
+    assert main(["train", "--out", str(out), "--resume", "--set", "train.threads=0"]) == 2
+    assert "'train.threads=0'" in capsys.readouterr().err
     old = torch.get_num_threads()
     try:
         assert main(["train", "--out", str(out), "--resume", "--quiet", "--set", "train.threads=1"]) == 0

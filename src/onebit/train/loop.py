@@ -154,7 +154,6 @@ class Run:
             for name in ("last.pt", "best.pt", "metrics.jsonl", "histograms.jsonl", "results.json"):
                 if (self.out / name).exists():
                     (self.out / name).unlink()
-        self.out.mkdir(parents=True, exist_ok=True)
         self.resume_state = C.load(last) if resume else None
         if self.resume_state is not None:
             self.recipe = self.resume_state["recipe"]
@@ -162,9 +161,17 @@ class Run:
                 self.recipe["data"]["root"] = data_root
             if threads is not None:  # the machine may have changed too (an execution setting, not the recipe)
                 self.recipe["train"]["threads"] = threads
-        else:
-            (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
         self.interrupted = False
+        self.started = resume  # the run directory holds this run's files (see start_files)
+
+    def start_files(self) -> None:
+        """Create the run directory and its recipe.yaml once everything has been checked and training
+        is about to begin, so that a run refused at start-up (no data root, a bad model option, a
+        missing teacher) leaves nothing behind and the same command, corrected, can simply be rerun."""
+        if not self.started:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
+            self.started = True
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -218,7 +225,6 @@ class Run:
             C.load_state(model, prev_state, f"stage {si} initialisation from stage {si - 1}")
         model.to(device)
         opt = build_optimizer(model, tcfg)
-        writer = self.tensorboard() if tcfg["tensorboard"] else None
         kd = recipe.get("kd")
         distiller = None
         if kd:
@@ -241,6 +247,8 @@ class Run:
             raise ValueError(f"batch_size {tcfg['batch_size']} is larger than the training set ({len(self.train_ds)})")
         total = epochs * steps_per_epoch
         warmup = int(round(tcfg["warmup_epochs"] * steps_per_epoch))
+        self.start_files()
+        writer = self.tensorboard() if tcfg["tensorboard"] else None
 
         start_epoch, start_batch, running, best, history = 0, 0, None, None, []
         rs = self.resume_state
