@@ -96,6 +96,8 @@ def test_unreadable_image_names_the_file(folder):
     (folder / "train" / "dog" / "notes.txt").write_text("not an image extension: skipped")
     with pytest.raises(DataError, match="broken.jpg"):
         load_image_folder(folder, "train")
+    (folder / "train" / "dog" / "broken.jpg").unlink()  # the .txt alone: skipped, not an error
+    assert len(load_image_folder(folder, "train")) == 6
 
 
 def test_wrong_layout_says_what_is_expected(tmp_path):
@@ -143,10 +145,14 @@ def test_holdout_split_stratified_and_deterministic():
 
     _, val = holdout_split(labels, val_count=10, seed=0)
     assert np.bincount(labels[val]).tolist() == [3, 3, 2, 2]
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="only 20"):
         holdout_split(labels, per_class=21)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="exactly one of val_count or per_class"):
         holdout_split(labels)
+    with pytest.raises(ValueError, match="per_class must be >= 0, got -1"):
+        holdout_split(labels, per_class=-1)
+    with pytest.raises(ValueError, match="val_count must be >= 0, got -2"):
+        holdout_split(labels, val_count=-2)
 
 
 # ----------------------------------------------------------------------------- CIFAR pickles
@@ -296,6 +302,8 @@ def test_rand_augment_each_op(op):
     x = batch_u8(n=2, size=12)
     out = RandAugment(num_ops=1, magnitude=9, prob=1.0, ops=[op])(x, gen())
     assert out.shape == x.shape and out.dtype == torch.uint8
+    if op not in ("identity", "equalize"):  # every other op changes this input at magnitude 9
+        assert not torch.equal(out, x)
     as_float = RandAugment(num_ops=1, magnitude=9, prob=1.0, ops=[op])(x.float() / 255, gen())
     assert as_float.dtype == torch.float32 and 0 <= as_float.min() and as_float.max() <= 1
 

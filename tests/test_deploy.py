@@ -134,6 +134,31 @@ def test_packed_conv_state_dict_round_trip():
     assert a.weight_bits.dtype == torch.int64 and a.weight_bits.numel() * 64 < layer.weight.numel() * 32
 
 
+def test_packed_layers_check_their_inputs():
+    """Wrong shapes and arguments are refused with errors that name the numbers."""
+    a = PackedBinaryConv2d.from_layer(make_conv((20, 8, 3, 1, 1, 1, 1, True, RSIGN, "channel")))
+    with pytest.raises(ValueError, match=r"expects inputs \(N, 20, H, W\), got shape \(1, 19, 6, 6\)"):
+        a(torch.randn(1, 19, 6, 6))
+    with pytest.raises(ValueError, match=r"expects inputs \(N, 20, H, W\)"):
+        a(torch.randn(20, 6, 6))
+    b = PackedBinaryConv2d.from_layer(make_conv((20, 8, 3, 1, 0, 1, 1, True, RSIGN, "channel")))  # no padding
+    with pytest.raises(ValueError, match="smaller than the kernel"):
+        b(torch.randn(1, 20, 2, 2))
+    with pytest.raises(ValueError, match="BatchNorm has 3 features, the layer 8 outputs"):
+        a.fold_bn(nn.BatchNorm2d(3).eval())
+    with pytest.raises(ValueError, match="eval-mode BatchNorm"):
+        a.fold_bn(nn.BatchNorm2d(8))
+    with pytest.raises(TypeError, match="expects a BatchNorm"):
+        a.fold_bn(nn.Identity())
+    with pytest.raises(TypeError, match="expected a BinaryConv2d, got Conv2d"):
+        PackedBinaryConv2d.from_layer(nn.Conv2d(4, 4, 3).eval())
+    lin = PackedBinaryLinear.from_layer(BinaryLinear(10, 4).eval())
+    with pytest.raises(ValueError, match=r"expects inputs \(\.\.\., 10\), got shape \(2, 9\)"):
+        lin(torch.randn(2, 9))
+    with pytest.raises(TypeError, match="pack expects an nn.Module, got str"):
+        pack("model")
+
+
 # --- PackedBinaryLinear ----------------------------------------------------------------------
 
 LINEAR_CASES = [
@@ -186,6 +211,7 @@ def test_pack_runs_batchnorm_in_the_epilogue_bit_for_bit(name, monkeypatch):
     packed = pack(model)
     units = [m for m in packed.modules() if isinstance(m, BinaryUnit)]
     fused = packed_mod._torch_bn_fma() is not None
+    assert fused, "the engine reproduces neither rounding of this torch's BatchNorm (see _torch_bn_fma)"
     assert units and all((type(m).__name__ == "PackedBinaryUnit") == fused for m in units)
     with torch.no_grad():
         assert torch.equal(packed(x), model(x))

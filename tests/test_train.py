@@ -117,6 +117,26 @@ def test_teacher_is_frozen_and_in_eval():
     y = torch.tensor([1, 2])
     expect = 0.5 * soft_cross_entropy(s, out, 2.0) + 0.5 * F.cross_entropy(s, y)
     assert kd.loss(s, x, y, 0.0).item() == pytest.approx(expect.item(), rel=1e-6)
+    for bad, match in (({"alpha": 1.5}, r"kd.alpha must be in \[0, 1\], got 1.5"),
+                       ({"temperature": 0.0}, "kd.temperature must be > 0, got 0.0"),
+                       ({"loss": "mse"}, "unknown KD loss 'mse'")):
+        with pytest.raises(ValueError, match=match):
+            LogitsKD(teacher, **bad)
+
+
+def test_training_with_a_checkpoint_teacher(tmp_path, capsys):
+    """kd.teacher as a checkpoint path: the run distils from it (its loss is the soft cross-entropy
+    to the teacher's logits, so not the plain run's), and an unset teacher is one clear error."""
+    p = tiny_recipe(tmp_path, epochs=1)
+    train(load_recipe(str(p)), tmp_path / "teacher", quiet=True)
+    sets = [f"kd={{teacher: {tmp_path / 'teacher' / 'best.pt'}, temperature: 2.0}}"]
+    res = train(load_recipe(str(p), sets), tmp_path / "student", quiet=True)
+    plain = train(load_recipe(str(p)), tmp_path / "plain", quiet=True)
+    assert yaml.safe_load((tmp_path / "student" / "recipe.yaml").read_text())["kd"]["teacher"].endswith("best.pt")
+    assert res["epochs"] == 1
+    assert rows(tmp_path / "student")[0]["train_loss"] != rows(tmp_path / "plain")[0]["train_loss"]
+    assert cli(["train", "--recipe", str(p), "--out", str(tmp_path / "r"), "--set", "kd={temperature: 2.0}"]) == 2
+    assert "kd.teacher is not set" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 # ---------------------------------------------------------------- the loop
@@ -130,9 +150,13 @@ def test_train_writes_run_dir_and_results(tmp_path):
     assert saved == res
     for key in ("recipe", "overrides", "commit", "epochs", "wall_time_s", "machine", "metrics"):
         assert key in res
-    assert res["epochs"] == 2 and 0 <= res["metrics"]["final_val_top1"] <= 100
+    assert res["epochs"] == 2
     r = rows(out)
     assert [x["epoch"] for x in r] == [1, 2]
+    m = res["metrics"]  # final / best as logged, and best.pt is the best epoch's state
+    assert m["final_val_top1"] == r[-1]["val_top1"] and m["best_val_top1"] == max(x["val_top1"] for x in r)
+    assert r[m["best_epoch"] - 1]["val_top1"] == m["best_val_top1"]
+    assert C.load(out / "best.pt")["epoch"] == m["best_epoch"]
     assert r[0]["reste_o"] == pytest.approx(1.0) and r[1]["reste_o"] == pytest.approx(3.0)  # o: 1 -> o_end
     model, meta = C.load_model(out / "best.pt")
     assert meta["model"] == "bireal_resnet20" and meta["class_names"] == ["class_0", "class_1", "class_2", "class_3"]
@@ -153,14 +177,33 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_two_stage_training_initialises_stage_two_from_stage_one(tmp_path):
+def test_two_stage_training_initialises_stage_two_from_stage_one(tmp_path, monkeypatch):
     p = tiny_recipe(tmp_path)
     r = yaml.safe_load(p.read_text())
     r["model"] = {"name": "reactnet_resnet20"}
     r["stages"] = [{"name": "acts", "epochs": 1, "set": {"model.weight_binarizer": None, "train.weight_decay": 1e-5}},
                    {"name": "both", "epochs": 1, "set": {"train.weight_decay": 0.0}}]
     p.write_text(yaml.safe_dump(r))
+    from onebit.train.loop import Run
+    ends, starts = [], []
+    run_stage, load_state = Run.run_stage, C.load_state
+
+    def spy_stage(self, si, *a):
+        model = run_stage(self, si, *a)
+        ends.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    def spy_load(model, state, what):
+        load_state(model, state, what)
+        if "initialisation from stage" in what:
+            starts.append({k: v.clone() for k, v in model.state_dict().items()})
+
+    monkeypatch.setattr(Run, "run_stage", spy_stage)
+    monkeypatch.setattr(C, "load_state", spy_load)
     res = train(load_recipe(str(p)), tmp_path / "run", quiet=True)
+    assert len(ends) == 2 and len(starts) == 1  # stage 2 began from stage 1's final weights
+    assert starts[0].keys() == ends[0].keys() and all(torch.equal(starts[0][k], ends[0][k]) for k in ends[0])
+    assert not all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])  # and then trained on
     assert [x["stage"] for x in rows(tmp_path / "run")] == ["acts", "both"]
     assert res["epochs"] == 2
     _, meta = C.load_model(tmp_path / "run" / "best.pt")
