@@ -205,6 +205,12 @@ def test_cifar_missing_files_say_where_to_put_them(tmp_path, monkeypatch):
         load_cifar(tmp_path, "cifar100", "test", download=True)
     assert not list(tmp_path.glob("*.part"))  # the temporary file is cleaned up
 
+    import io  # a download that arrives corrupted: named by its md5, and nothing kept
+    monkeypatch.setattr(cifar_module.urllib.request, "urlopen", lambda *a, **k: io.BytesIO(b"junk"))
+    with pytest.raises(DataError, match="has md5 .*, expected"):
+        load_cifar(tmp_path, "cifar10", "train", download=True)
+    assert not list(tmp_path.glob("*.part")) and not list(tmp_path.glob("*.tar.gz"))
+
 
 def test_cifar_unpickler_refuses_other_globals(tmp_path):
     folder = fake_cifar10(tmp_path)
