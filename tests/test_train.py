@@ -443,4 +443,4 @@ def test_compiled_training_run(tmp_path):
     assert rows(runs[True])[0]["train_loss"] == pytest.approx(rows(runs[False])[0]["train_loss"], rel=1e-5)
     assert rows(runs[True])[-1]["reste_o"] == pytest.approx(3.0)
     model, _ = C.load_model(runs[True] / "best.pt")
-    assert isinstance(model, torch.nn.Module)
+    assert not any(k.startswith("_orig_mod") for k in comp) and model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
