@@ -101,8 +101,14 @@ def test_unreadable_image_names_the_file(folder):
 
 
 def test_wrong_layout_says_what_is_expected(tmp_path):
-    with pytest.raises(DataError, match=r"<class name>"):
+    with pytest.raises(DataError, match=r"\(it is empty\).*<class name>"):
         load_image_folder(tmp_path, "train")
+    with pytest.raises(DataError, match=r"\(it does not exist\)"):
+        load_image_folder(tmp_path / "nowhere", "train")
+    write_image(tmp_path / "loose.png", (1, 2, 3))  # images straight in ROOT: named, not called empty
+    with pytest.raises(DataError, match=r"\(it holds files but no folders \(loose.png\)\)"):
+        load_image_folder(tmp_path, "train")
+    (tmp_path / "loose.png").unlink()
     write_image(tmp_path / "train" / "flat.png", (1, 2, 3))  # images not in class folders
     with pytest.raises(DataError, match="no class folders"):
         load_image_folder(tmp_path, "train")

@@ -41,7 +41,11 @@ def list_image_folder(root, split: str, class_names: Sequence[str] | None = None
         if found:
             where = f"found folders {found}"
         else:
-            where = "it is empty" if root.is_dir() else "it does not exist"
+            files = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+            if files:  # images straight in ROOT, say: name a few
+                where = f"it holds files but no folders ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+            else:
+                where = "it is empty" if root.is_dir() else "it does not exist"
         raise DataError(
             f"no '{split}' folder in {root} ({where}). Expected the layout {layout}: "
             f"put the images of each class in {split_dir}/<class name>/."
