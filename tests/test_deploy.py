@@ -288,12 +288,14 @@ def test_fold_bn_folds_real_conv_batchnorm_pairs():
     model = randomize(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
                                     nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6, affine=False)), seed=4).eval()
     x = torch.randn(2, 3, 9, 9)
-    folded = pack(model, fold_bn=True)
+    with pytest.warns(PackWarning, match=r"no binary layers.*\(BatchNorms folded\)"):
+        folded = pack(model, fold_bn=True)
     assert [type(m) for m in folded] == [nn.Conv2d, nn.Identity, nn.ReLU, nn.Conv2d, nn.Identity]
     assert folded[0].bias is not None and model[0].bias is None  # the original is untouched
     with torch.no_grad():
         close(folded(x), model(x), rtol=1e-5)
-    assert type(pack(model)[1]) is nn.BatchNorm2d  # only with fold_bn
+    with pytest.warns(PackWarning, match="nothing is bit-packed, it stays float32$"):
+        assert type(pack(model)[1]) is nn.BatchNorm2d  # only with fold_bn
 
 
 @pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet20", "bireal_resnet18_cifar"])
@@ -451,6 +453,18 @@ def test_pack_keeps_unknown_layers_with_a_warning():
     x = torch.randn(2, 4, 6, 6)
     with torch.no_grad():
         close(packed(x), seq(x))
+
+
+def test_pack_warns_when_there_is_nothing_to_pack(tmp_path, capsys):
+    """A model without binary layers packs to itself with one warning, and the CLI shows it as one
+    'onebit: warning:' line (not Python's file:line form, and not once more for the file)."""
+    with pytest.warns(PackWarning, match="ResNet has no binary layers"):
+        pack(onebit.create_model("resnet20").eval())
+    from onebit.cli import main
+    assert main(["pack", "resnet20", "--out", str(tmp_path / "fp.onebit")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["onebit: warning: pack: ResNet has no binary layers (BinaryConv2d / BinaryLinear): "
+                   "nothing is bit-packed, it stays float32"]
 
 
 def test_pack_hard_progressive_weights():

@@ -304,6 +304,7 @@ def load_for_pack(spec: str):
 
 def cmd_pack(args) -> int:
     import json
+    import warnings
     from pathlib import Path
     import torch
     from . import deploy
@@ -317,7 +318,9 @@ def cmd_pack(args) -> int:
         raise ValueError("--data needs a checkpoint or zoo:NAME (a bare registry model has no classes)")
     packed = deploy.pack(model, fold_bn=args.fold_bn)
     int8 = deploy.quantize_int8(packed) if args.int8_first_last else []
-    deploy.save(packed, out, name=name, config=config, fold_bn=args.fold_bn, meta=meta, force=args.force)
+    with warnings.catch_warnings():  # pack() above has said what it kept unpacked
+        warnings.simplefilter("ignore", deploy.PackWarning)
+        deploy.save(packed, out, name=name, config=config, fold_bn=args.fold_bn, meta=meta, force=args.force)
     # verify: the file gives the in-memory packed model's logits
     size = tuple(meta.get("input_size") or default_size(model))
     x = torch.randn(4, *size, generator=torch.Generator().manual_seed(0))
@@ -522,13 +525,23 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings on the command line: one line each, like the errors."""
+    print(f"onebit: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    import warnings
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return args.fn(args)
     except ValueError as e:
         print(f"onebit: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -710,6 +710,10 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     for name, m in model.named_modules():
         if isinstance(m, BinaryLayer):
             _check_eval(m, name)
+    if not any(isinstance(m, BinaryLayer) for m in model.modules()):
+        warnings.warn(f"pack: {type(model).__name__} has no binary layers (BinaryConv2d / BinaryLinear): "
+                      f"nothing is bit-packed, it stays float32{' (BatchNorms folded)' if fold_bn else ''}",
+                      PackWarning, stacklevel=2)
     out = model if inplace else copy.deepcopy(model)
     for name, parent in list(out.named_modules()):
         for child_name, child in list(parent._modules.items()):
