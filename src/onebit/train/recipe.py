@@ -74,7 +74,7 @@ DEFAULTS: dict = {
         "label_smoothing": 0.0,
         "grad_clip": None,
         "amp": False,                # mixed precision (bf16 autocast), GPU only
-        "compile": False,            # torch.compile the training forward (BinaryViT on CPU: 1.5x; CNNs: slower)
+        "compile": False,            # torch.compile the training forward (CPU: 2x for BinaryViT / ReActNet, slower for Bi-Real)
         "device": "auto",            # auto (cuda if available) | cpu | cuda
         "progress": "epoch",         # when schedules advance: epoch | step
         "threads": None,             # torch threads; null: torch's default
