@@ -43,17 +43,25 @@ def table() -> str:
     return head + "\n" + "\n".join(rows)
 
 
+def result(name: str):
+    """results/NAME as a dict, or None before the experiment has written it."""
+    p = ROOT / "results" / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def provenance(r: dict) -> str:
+    return f"command `{r['command']}`; commit {r['commit']}; {r['machine'].get('cpu', '?')}"
+
+
 def table3() -> str:
-    p = ROOT / "results" / "binaryvit_table3.json"
-    if not p.is_file():
+    r = result("binaryvit_table3.json")
+    if r is None:
         return "Not run yet."
-    r = json.loads(p.read_text())
     b = r["budget"]
     rows = [f"| {row} | `{v['recipe']}` | {fmt(v['mean'])} | {fmt(v['spread'])} | {len(v['seeds'])} | "
             f"{sum(v['hours']):.2f} h |" for row, v in r["results"].items()]
     subset = f"{b['train_per_class']} training images per class" if b.get("train_per_class") else "all training images"
-    return (f"Budget: {b['epochs']} epochs on {subset}; command `{r['command']}`; commit {r['commit']}; "
-            f"{r['machine'].get('cpu', '?')}.  Ordering holds: {r['ordering_holds']}; full model >= 80%: "
+    return (f"Budget: {b['epochs']} epochs on {subset}; {provenance(r)}.  Ordering holds: {r['ordering_holds']}; full model >= 80%: "
             f"{r['full_model_reaches_80']}.\n\n"
             "| row | recipe | best val top-1 (%) | spread (+-) | seeds | wall time |\n|---|---|---|---|---|---|\n"
             + "\n".join(rows))
@@ -61,10 +69,9 @@ def table3() -> str:
 
 def ablation() -> str:
     """ReSTE appendix ablation: mean +- spread per estimator, and the two directions the paper reports."""
-    p = ROOT / "results" / "reste_ablation.json"
-    if not p.is_file():
+    r = result("reste_ablation.json")
+    if r is None:
         return "Not run yet."
-    r = json.loads(p.read_text())
     res = r["results"]
     rows = [f"| {cfg} | `{json.dumps(v['estimator'])}` | {fmt(v['mean'])} | {fmt(v['spread'])} | "
             f"{', '.join(fmt(a) for a in v['best_val_top1'])} |" for cfg, v in res.items()]
@@ -73,8 +80,7 @@ def ablation() -> str:
         checks.append(f"ReSTE (o_end = 3, cos) >= clipped STE: {res['reste_cos3']['mean'] >= res['ste']['mean']}")
     if "reste_cos3" in res and "reste_fixed3" in res:
         checks.append(f"progressive o >= fixed o = 3: {res['reste_cos3']['mean'] >= res['reste_fixed3']['mean']}")
-    return (f"Budget: {r['epochs']} epochs per run; command `{r['command']}`; commit {r['commit']}; "
-            f"{r['machine'].get('cpu', '?')}.  " + "; ".join(checks) + " (means over the seeds).\n\n"
+    return (f"Budget: {r['epochs']} epochs per run; {provenance(r)}.  " + "; ".join(checks) + " (means over the seeds).\n\n"
             "| config | estimator | mean best val top-1 (%) | spread (+-) | per seed |\n|---|---|---|---|---|\n"
             + "\n".join(rows))
 

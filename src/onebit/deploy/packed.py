@@ -707,10 +707,10 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
         raise TypeError(f"pack expects an nn.Module, got {type(model).__name__}")
     if model.training:
         raise ValueError(f"cannot pack {type(model).__name__}: the model is in training mode; call model.eval() first")
-    for name, m in model.named_modules():
-        if isinstance(m, BinaryLayer):
-            _check_eval(m, name)
-    if not any(isinstance(m, BinaryLayer) for m in model.modules()):
+    binary = [(name, m) for name, m in model.named_modules() if isinstance(m, BinaryLayer)]
+    for name, m in binary:
+        _check_eval(m, name)
+    if not binary:
         warnings.warn(f"pack: {type(model).__name__} has no binary layers (BinaryConv2d / BinaryLinear): "
                       f"nothing is bit-packed, it stays float32{' (BatchNorms folded)' if fold_bn else ''}",
                       PackWarning, stacklevel=2)
