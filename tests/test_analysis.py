@@ -310,7 +310,8 @@ def test_cli_landscape_writes_pngs_and_grid(tmp_path, capsys):
     from onebit.cli import main as cli
     from onebit.train.checkpoint import save_atomic
     m = onebit.create_model("bireal_resnet20")
-    meta = {"model": "bireal_resnet20", "model_kwargs": {}, "class_names": [f"c{i}" for i in range(10)],
+    from onebit.data.sample import CIFAR10_CLASSES
+    meta = {"model": "bireal_resnet20", "model_kwargs": {}, "class_names": list(CIFAR10_CLASSES),
             "mean": [0.5] * 3, "std": [0.25] * 3, "input_size": [3, 32, 32], "progress": 1.0}
     save_atomic({"model": m.state_dict(), "meta": meta}, tmp_path / "m.pt")
     torch.manual_seed(0)

@@ -362,6 +362,13 @@ def test_cli_pack_registry_name_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("onebit: error:") and "data region" in err and err.count("\n") == 1
     assert not (tmp_path / "x.onebit").exists()
+    # an --out in a folder that does not exist, and a bad --data: refused before the file is written
+    assert cli(["pack", "reactnet_resnet20", "--out", str(tmp_path / "no" / "x.onebit")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli(["pack", "zoo:reste_resnet20_cifar10", "--out", str(tmp_path / "x.onebit"),
+                "--data", str(tmp_path / "nodata")]) == 2
+    assert "nodata" in capsys.readouterr().err
+    assert not (tmp_path / "x.onebit").exists()
 
 
 def test_cli_bench_quick(tmp_path, capsys):

@@ -313,6 +313,85 @@ def test_force_starts_over_and_keeps_other_files(tmp_path):
     assert json.loads((out / "results.json").read_text())["epochs"] == 1
 
 
+def test_refused_force_run_keeps_the_old_run(tmp_path, capsys):
+    """--force removes the old run's files only once the new run starts: a --force command refused
+    at start-up (here: a data root that does not exist) leaves the old run whole."""
+    p = tiny_recipe(tmp_path, epochs=1)
+    out = tmp_path / "run"
+    assert cli(["train", "--recipe", str(p), "--out", str(out), "--quiet"]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    bad = ["train", "--recipe", str(p), "--out", str(out), "--quiet", "--force",
+           "--set", "data.name=folder", "--set", f"data.root={tmp_path / 'nope'}"]
+    assert cli(bad) == 2
+    assert "nope" in capsys.readouterr().err
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=0", "train.epochs must be >= 1"),
+    ("train.batch_size=-2", "train.batch_size must be >= 1"),
+    ("train.warmup_epochs=-1", "train.warmup_epochs must be >= 0"),
+    ("train.threads=0", "train.threads must be >= 1"),
+    ("train.device=banana", "train.device must be one of auto, cpu, cuda"),
+])
+def test_recipe_values_out_of_range_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        load_recipe("reste-resnet20-cifar10", [override])
+    load_recipe("reste-resnet20-cifar10", ["train.device=cuda:1"])  # a device name that may exist elsewhere
+
+
+def test_cli_train_refuses_before_writing(tmp_path, capsys):
+    """Bad train commands: one line on stderr, exit 2, nothing written."""
+    p = tiny_recipe(tmp_path, epochs=1)
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("model:\n  name: [resnet20\ntrain: {epochs: 1}\n")
+    not_utf8 = tmp_path / "latin.yaml"
+    not_utf8.write_bytes(b"description: caf\xe9\n")
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["--recipe", str(bad_yaml), "--out", str(tmp_path / "a")], "is not valid YAML at line"),
+        (["--recipe", str(not_utf8), "--out", str(tmp_path / "a")], "is not UTF-8 text"),
+        (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "train.epochs=0"], "train.epochs must be >= 1"),
+        (["--recipe", str(p), "--out", str(tmp_path / "afile")], "is a file; give --out a directory"),
+        (["--recipe", str(p), "--out", str(tmp_path / "a"), "--resume"], "drop --recipe"),
+        (["--out", str(tmp_path / "a"), "--resume", "--force"], "drop --force"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "train.device=cuda"],
+                      "sees no CUDA device"))
+    for args, message in cases:
+        assert cli(["train", *args, "--quiet"]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (args, err)
+        assert not (tmp_path / "a").exists()
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_cli_one_line_errors_for_arguments_and_files(tmp_path, capsys):
+    """argparse errors, unwritable outputs and unreadable checkpoints: one line each, exit 2."""
+    assert cli(["bench", "resnet20", "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected a positive integer" in err and "--help" in err
+    assert cli(["bench", "resnet20", "--warmup", "-5"]) == 2
+    assert "expected an integer >= 0" in capsys.readouterr().err
+    (tmp_path / "text.pt").write_text("hello")
+    (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04" + b"\0" * 40)
+    for name, message in [("text.pt", "cannot be read"), ("trunc.pt", "cannot be read"), ("", "is a folder")]:
+        assert cli(["eval", str(tmp_path / name), "--data", "sample"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    p = tiny_recipe(tmp_path, epochs=1)
+    out = tmp_path / "run"
+    assert cli(["train", "--recipe", str(p), "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    # --png into a folder that does not exist: refused before the evaluation
+    assert cli(["eval", str(out / "best.pt"), "--data", "sample", "--png", str(tmp_path / "no" / "cm.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # a model with other classes than the sample's: named, not a crash
+    assert cli(["eval", str(out / "best.pt"), "--data", "sample"]) == 2
+    assert "not the sample's CIFAR-10 classes" in capsys.readouterr().err
+
+
 def test_yaml_reads_exponent_floats():
     r = load_recipe("reste-resnet20-cifar10", ["train.lr=1e-3", "train.weight_decay=5e-05"])
     assert r["train"]["lr"] == 1e-3 and r["train"]["weight_decay"] == 5e-5

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -24,6 +25,9 @@ def cmd_list_recipes(args) -> int:
 def cmd_train(args) -> int:
     from .train import load_recipe, train
     data_root = threads = None
+    if args.resume and (args.recipe or args.force):
+        raise ValueError(f"--resume continues the run in --out with its own recipe: drop "
+                         f"{'--recipe' if args.recipe else '--force'} (or drop --resume to start a new run)")
     if args.resume:  # the run's own recipe is used; only where the data lives and the thread count may change
         for s in args.set or []:
             key, _, value = s.partition("=")
@@ -85,7 +89,11 @@ def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict 
     from pathlib import Path
     from . import data as D
     if data == "sample":
-        return D.load_sample("val" if split == "val" else split)
+        ds = D.load_sample("val" if split == "val" else split)
+        if list(ds.class_names) != list(class_names):
+            raise ValueError(f"the model's classes ({', '.join(class_names)}) are not the sample's CIFAR-10 classes "
+                             f"in their order; evaluate it on an image folder with its classes (--data ROOT)")
+        return ds
     root = Path(data)
     if split == "val" and val_split and not (root / "val").is_dir() and (root / "train").is_dir():
         from .data.loader import _holdout
@@ -96,6 +104,10 @@ def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict 
 def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: bool = False):
     """A loader over ``data``/``split`` prepared as the model expects (its size and normalisation)."""
     from . import data as D
+    lacking = [k for k in ("class_names", "mean", "std", "input_size") if k not in meta]
+    if lacking:
+        raise ValueError(f"the model has no {', '.join(lacking)} in its meta (not a checkpoint written by onebit "
+                         f"train); evaluate a run's best.pt or last.pt, or zoo:NAME")
     ds = eval_dataset(data, split, meta["class_names"], (meta.get("data") or {}).get("val_split"))
     size = meta["input_size"][-1]
     tf = D.Normalize(meta["mean"], meta["std"])
@@ -107,6 +119,8 @@ def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: boo
 def cmd_eval(args) -> int:
     import json
     from .train.evaluate import confusion_text, evaluate
+    if args.png:
+        writable_out(args.png, "--png")
     model, meta = load_for_eval(args.checkpoint, packed=True)
     loader = eval_loader(args.data, args.split, meta, args.batch_size)
     res = evaluate(model, loader, list(meta["class_names"]))
@@ -313,9 +327,12 @@ def cmd_pack(args) -> int:
         raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'model.packed.safetensors'}")
     if out.exists() and not args.force:
         raise ValueError(f"{out} exists; pass --force to overwrite it")
+    writable_out(out, "--out")
     model, meta, name, config = load_for_pack(args.model)
     if args.data and "class_names" not in meta:
         raise ValueError("--data needs a checkpoint or zoo:NAME (a bare registry model has no classes)")
+    # the evaluation data is read before the file is written: a bad --data leaves no file behind
+    loader = eval_loader(args.data, args.split, meta, args.batch_size) if args.data else None
     packed = deploy.pack(model, fold_bn=args.fold_bn)
     int8 = deploy.quantize_int8(packed) if args.int8_first_last else []
     with warnings.catch_warnings():  # pack() above has said what it kept unpacked
@@ -340,7 +357,6 @@ def cmd_pack(args) -> int:
         res["checkpoint_bytes"] = Path(args.model).stat().st_size
     if args.data:
         from .train.evaluate import evaluate
-        loader = eval_loader(args.data, args.split, meta, args.batch_size)
         res["top1_float32"] = evaluate(model, loader, list(meta["class_names"]))["top1"]
         res["top1_packed"] = evaluate(reloaded, loader, list(meta["class_names"]))["top1"]
     if args.json:
@@ -374,6 +390,16 @@ def positive(text: str) -> int:
     return v
 
 
+def nonnegative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
 def cmd_bench(args) -> int:
     import re
     from pathlib import Path
@@ -382,6 +408,8 @@ def cmd_bench(args) -> int:
         args.repeats, args.warmup = min(args.repeats, 2), 0
         args.batch, args.threads = args.batch or [1], args.threads or [1]
     batches, threads = args.batch or [1, 32], args.threads or [1, 2]
+    if args.out:
+        writable_out(args.out, "--out")
     if args.layer:
         if args.model or not args.shape:
             raise ValueError("--layer needs --shape (conv: C_IN,C_OUT,H,W[,K,STRIDE]; linear: M,K,N) and no MODEL")
@@ -410,8 +438,29 @@ def cmd_zoo_add(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the errors on one line, like every other onebit error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def writable_out(path, what: str):
+    """Refuse an output path that cannot be written, before any work is done."""
+    from pathlib import Path
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{what} {p} is a directory; give a file name")
+    parent = p.parent
+    if not parent.exists():
+        raise ValueError(f"{what} {p}: folder {parent} does not exist; create it or choose another path")
+    if not parent.is_dir():
+        raise ValueError(f"{what} {p}: {parent} is a file, not a folder")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="onebit", description="1-bit neural networks for vision")
+    ap = Parser(prog="onebit", description="1-bit neural networks for vision")
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("list-models", help="list registry model names")
     p.add_argument("pattern", nargs="?", default="*")
@@ -507,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive, nargs="+", help="thread counts (default 1 2)")
     p.add_argument("--input-size", help="C,H,W (default: the model's own)")
     p.add_argument("--repeats", type=positive, default=5, help="timed passes per measurement (median)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    p.add_argument("--warmup", type=nonnegative, default=1, help="untimed passes first")
     p.add_argument("--layer", choices=["conv", "linear"], help="time one layer instead of a model")
     p.add_argument("--shape", help="--layer conv: C_IN,C_OUT,H,W[,K,STRIDE]; --layer linear: M,K,N")
     p.add_argument("--no-layers", action="store_true", help="skip the per-layer timings")
@@ -532,7 +581,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv=None) -> int:
     import warnings
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error already printed: the exit code, also when called in-process
+        return e.code if isinstance(e.code, int) else 2
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
@@ -540,6 +592,20 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"onebit: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path that cannot be read or written
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"onebit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if os.environ.get("ONEBIT_TRACEBACK"):
+            raise
+        from .train.loop import TrainingDiverged
+        if isinstance(e, TrainingDiverged):  # its message says what happened and what was kept
+            print(f"onebit: error: {e}", file=sys.stderr)
+            return 1
+        first = (str(e).strip().splitlines() or [""])[0]
+        print(f"onebit: error: {type(e).__name__}: {first} (set ONEBIT_TRACEBACK=1 to see where)", file=sys.stderr)
+        return 1
     finally:
         warnings.showwarning = shown
 

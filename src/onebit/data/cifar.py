@@ -111,7 +111,7 @@ def _unpickle(path) -> dict:
 def _where_to_put(info: CifarInfo, root: Path, offer_download: bool = True) -> str:
     where = (f"Download {info.url} and unpack it into {root} "
              f"(so that {root / info.folder / info.meta} exists)")
-    return where + (", or pass download=True." if offer_download else ".")
+    return where + (", or pass download=True (--set data.download=true)." if offer_download else ".")
 
 
 def cifar_dir(root, name: str = "cifar10") -> Path:

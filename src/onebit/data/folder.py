@@ -45,7 +45,8 @@ def list_image_folder(root, split: str, class_names: Sequence[str] | None = None
             if files:  # images straight in ROOT, say: name a few
                 where = f"it holds files but no folders ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
             else:
-                where = "it is empty" if root.is_dir() else "it does not exist"
+                where = ("it is empty" if root.is_dir() else
+                         "it is a file, not a folder" if root.exists() else "it does not exist")
         raise DataError(
             f"no '{split}' folder in {root} ({where}). Expected the layout {layout}: "
             f"put the images of each class in {split_dir}/<class name>/."
@@ -65,7 +66,7 @@ def list_image_folder(root, split: str, class_names: Sequence[str] | None = None
         if unknown:
             raise DataError(
                 f"class folder(s) {unknown} in {split_dir} are not among the expected classes "
-                f"{names}. Rename or remove the folder(s), or pass the matching class list."
+                f"{names}. Rename or remove the folder(s) so that the classes match."
             )
     index = {name: i for i, name in enumerate(names)}
 
@@ -99,9 +100,12 @@ def decode_image_bytes(data: bytes, name) -> np.ndarray:
         with image:
             if image.mode != "RGB":
                 image = image.convert("RGB")
-            return np.asarray(image, dtype=np.uint8)
+            return np.array(image, dtype=np.uint8)  # (a writable copy: torch.from_numpy warns on read-only arrays)
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {name}: not an image format Pillow can decode (corrupt or not an "
+                        f"image); remove or replace the file") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise DataError(f"cannot read image {name}: {error}") from error
+        raise DataError(f"cannot read image {name}: {error}; remove or replace the file") from error
 
 
 def decode_image(path) -> np.ndarray:

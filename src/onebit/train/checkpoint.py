@@ -15,6 +15,7 @@ the target, so a crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -46,12 +47,25 @@ def save_atomic(obj: dict, path) -> None:
 
 def load(path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {str(path)!r} is a folder; give a checkpoint file in it (e.g. best.pt)")
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or unsafe pickle content
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}: {str(e)[:120]})") from None
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e):  # a pickle with objects other than tensors and plain data
+            raise ValueError(f"{str(path)!r} is not an onebit checkpoint: it holds Python objects that onebit does "
+                             f"not load (only tensors and plain data are read, never arbitrary pickles)") from None
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read: it is not a PyTorch checkpoint file, or it is "
+                         f"corrupt; give a run's best.pt or last.pt") from None
+    except Exception as e:  # truncated zip archive, not a torch file at all, ...
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if len(reason) > 80:
+            reason = reason[:80].rsplit(" ", 1)[0] + " ..."
+        raise ValueError(f"checkpoint {str(path)!r} cannot be read: it is truncated, corrupt or not a PyTorch "
+                         f"checkpoint ({type(e).__name__}: {reason}); copy it again or give a run's best.pt / "
+                         f"last.pt") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise ValueError(f"{str(path)!r} is not an onebit checkpoint (no 'model' and 'meta' entries)")
     return ckpt

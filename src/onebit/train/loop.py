@@ -136,6 +136,9 @@ def _seed(*parts: int) -> int:
 
 # ----------------------------------------------------------------------------- the run
 
+RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "histograms.jsonl", "results.json")  # what --force replaces
+
+
 class Run:
     """State and files of one training run (possibly several stages)."""
 
@@ -144,6 +147,9 @@ class Run:
         self.recipe, self.out = recipe, Path(out_dir)
         self.quiet, self.stop_after_steps = quiet, stop_after_steps
         last = self.out / "last.pt"
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"run directory {str(self.out)!r} is a file; give --out a directory")
+        self.replace_old = False  # --force over an existing run: its files go when training starts
         if resume:
             if not last.is_file():
                 raise ValueError(f"cannot resume: {last} does not exist (start the run without --resume)")
@@ -151,9 +157,7 @@ class Run:
             if not force:
                 raise ValueError(f"run directory {str(self.out)!r} already exists; use --resume to continue it "
                                  f"or --force to start over in it")
-            for name in ("last.pt", "best.pt", "metrics.jsonl", "histograms.jsonl", "results.json"):
-                if (self.out / name).exists():
-                    (self.out / name).unlink()
+            self.replace_old = True
         self.resume_state = C.load(last) if resume else None
         if self.resume_state is not None:
             self.recipe = self.resume_state["recipe"]
@@ -167,8 +171,14 @@ class Run:
     def start_files(self) -> None:
         """Create the run directory and its recipe.yaml once everything has been checked and training
         is about to begin, so that a run refused at start-up (no data root, a bad model option, a
-        missing teacher) leaves nothing behind and the same command, corrected, can simply be rerun."""
+        missing teacher) leaves nothing behind and the same command, corrected, can simply be rerun.
+        With --force the old run's files are removed here too, not before: a refused --force run
+        leaves the old run as it was."""
         if not self.started:
+            if self.replace_old:
+                for name in RUN_FILES:
+                    if (self.out / name).exists():
+                        (self.out / name).unlink()
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
             self.started = True
@@ -220,6 +230,9 @@ class Run:
         model = create_model(name, **mcfg)
         device = torch.device("cuda" if tcfg["device"] == "auto" and torch.cuda.is_available()
                               else ("cpu" if tcfg["device"] == "auto" else tcfg["device"]))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"train.device={tcfg['device']} but torch sees no CUDA device here; "
+                             f"use --set train.device=cpu (or auto)")
         use_amp = bool(tcfg["amp"]) and device.type == "cuda"
         if prev_state is not None:
             C.load_state(model, prev_state, f"stage {si} initialisation from stage {si - 1}")

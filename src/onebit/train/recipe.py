@@ -182,9 +182,14 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
     """The recipe merged over the defaults, with overrides applied and checked."""
     path = recipe_path(name_or_path)
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"recipe {path} is not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"recipe {path} is not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"recipe {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping")
     unknown = set(raw) - set(DEFAULTS)
@@ -201,4 +206,27 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
     recipe["overrides"] = overrides
     if not recipe["model"].get("name"):
         raise ValueError(f"recipe {path} names no model (model.name)")
+    check_values(recipe)
     return recipe
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_values(recipe: dict) -> None:
+    """Values the types alone do not rule out: counts below 1, a device that is not one."""
+    t = recipe["train"]
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if t[key] < 1:
+            raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
+    if t["warmup_epochs"] < 0:
+        raise ValueError(f"train.warmup_epochs must be >= 0, got {t['warmup_epochs']}")
+    if t["threads"] is not None and t["threads"] < 1:
+        raise ValueError(f"train.threads must be >= 1 (or null for torch's default), got {t['threads']}")
+    dev = str(t["device"])
+    if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
+        raise ValueError(f"train.device must be one of {', '.join(DEVICES)} or cuda:N, got {dev!r}")
+    for i, st in enumerate(recipe.get("stages") or []):
+        e = st.get("epochs") if isinstance(st, dict) else None
+        if e is not None and (not isinstance(e, int) or e < 1):
+            raise ValueError(f"stages[{i}].epochs must be an integer >= 1, got {e!r}")
