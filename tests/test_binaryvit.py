@@ -9,7 +9,7 @@ import onebit
 from onebit.analysis import PAPER_VIT_FLOPS, capability, complexity
 from onebit.layers.attention import BinaryAttention
 from onebit.layers.bifc import BiFC, FeatureResidual
-from onebit.models.binaryvit import BinaryViT, Block
+from onebit.models.binaryvit import BinaryViT, Block, PoolBranches
 
 
 def sgn(x):
@@ -44,23 +44,45 @@ def test_bifc_closed_form():
     assert torch.allclose(f(x), y, atol=1e-5)
 
 
-def test_attention_probabilities_are_zero_or_alpha_and_grads_flow():
+@pytest.mark.parametrize("alpha_grad", ["lsq", "bit"])
+def test_attention_probabilities_are_zero_or_alpha_and_the_step_gradient(alpha_grad):
+    """Inside attention, P is 0 or alpha_P (both occur at this alpha_P), and alpha_P's gradient is
+    LSQ's closed form over the (batch, heads, N, M) softmax: sum g * (round(q) - q | 1 | 0) with
+    q = A / alpha_P, scaled by 1 / sqrt(heads * N * M) for "lsq" and unscaled for "bit"."""
     torch.manual_seed(0)
-    att = BinaryAttention(16, 2)
+    att = BinaryAttention(16, 2, alpha_grad=alpha_grad)
+    with torch.no_grad():
+        att.prob.step.fill_(0.12)  # softmax over 9 keys: values on both sides of alpha/2 and above alpha
     seen = {}
-    att.prob.register_forward_hook(lambda m, i, o: seen.setdefault("p", o))
+
+    def hook(m, i, o):
+        seen["a"] = i[0].detach()
+        o.register_hook(lambda g: seen.setdefault("g", g))
+        seen["p"] = o
+
+    att.prob.register_forward_hook(hook)
     h = torch.randn(2, 9, 16, requires_grad=True)
     out = att(h, (3, 3))
-    alpha = att.prob.step.item()
-    p = seen["p"]
-    assert torch.all((p == 0) | ((p - alpha).abs() < 1e-7)) and (p > 0).any()
-    out.sum().backward()
-    assert h.grad is not None and att.prob.step.grad is not None and att.sign_q.shift.bias.grad is not None
+    alpha, p = att.prob.step.item(), seen["p"]
+    assert torch.all((p == 0) | ((p - alpha).abs() < 1e-7))
+    assert (p == 0).any() and (p > 0).any() and (seen["a"] > alpha).any()
+    (out * torch.randn_like(out)).sum().backward()
+    q = seen["a"] / alpha
+    dstep = torch.where((q >= 0) & (q <= 1), q.round() - q, torch.where(q > 1, 1.0, 0.0))
+    scale = 1 / math.sqrt(q[0].numel()) if alpha_grad == "lsq" else 1.0
+    expect = (seen["g"] * dstep).sum() * scale
+    assert att.prob.step.grad.item() == pytest.approx(expect.item(), rel=1e-5, abs=1e-8)
+    assert h.grad is not None and att.sign_q.shift.bias.grad is not None
 
 
 def test_attention_products_closed_form():
     torch.manual_seed(1)
     att = BinaryAttention(8, 2, alpha_grad="bit").eval()
+    n = att.norm
+    with torch.no_grad():
+        att.prob.step.fill_(0.3)  # over 4 keys: some probabilities round to 0, some to alpha, some clip
+        n.running_mean.uniform_(-1, 1), n.running_var.uniform_(0.5, 3), n.weight.uniform_(0.5, 2)
+        n.bias.uniform_(-1, 1)
     h = torch.randn(1, 4, 8)
     q, k, v = att.q(h), att.k(h), att.v(h)
     qb, kb, vb = (sgn(t + s.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
@@ -68,11 +90,77 @@ def test_attention_products_closed_form():
     a = torch.softmax(qb @ kb.transpose(-2, -1) / math.sqrt(4), -1)                       # Eq. 6-7
     s = att.prob.step.item()
     p = s * (a / s).clamp(0, 1).round()                                                   # Eq. 8
+    assert (p == 0).any() and (p == s).any() and (a > s).any()  # every branch of Eq. 8 taken
     ctx = (p @ vb).transpose(1, 2).reshape(1, 4, 8)
-    n = att.norm
-    ctx = F.batch_norm(ctx.reshape(-1, 8), n.running_mean, n.running_var, n.weight, n.bias, eps=n.eps).view(1, 4, 8)
+    ctx = (ctx - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias   # BN, written out
     expect = att.proj(att.act(ctx + q + k + v))
     assert torch.allclose(att(h, (2, 2)), expect, atol=1e-5)
+
+
+def test_spatial_reduction_attention_closed_form():
+    """Bi-SR-MHA (Eq. 14-15) on a 4x4 token grid with R = 2, written out token by token: K and V
+    from BiFC_R of the 2x2 block means; the resized K and V give token (i, j) the values of block
+    (i // 2, j // 2)."""
+    torch.manual_seed(3)
+    att = BinaryAttention(8, 2, sr_ratio=2, alpha_grad="bit").eval()
+    with torch.no_grad():
+        att.prob.step.fill_(0.3)
+    h = torch.randn(1, 16, 8)
+    block = lambda i, j: (i // 2) * 2 + j // 2  # noqa: E731
+    means = torch.zeros(1, 4, 8)
+    for t in range(16):
+        means[0, block(t // 4, t % 4)] += h[0, t] / 4
+    kv = att.reduce(means)                                                               # Eq. 14
+    q, k, v = att.q(h), att.k(kv), att.v(kv)
+    qb = sgn(q + att.sign_q.shift.bias).view(1, 16, 2, 4).transpose(1, 2)
+    kb = sgn(k + att.sign_k.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
+    vb = sgn(v + att.sign_v.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
+    a = torch.softmax(qb @ kb.transpose(-2, -1) / math.sqrt(4), -1)
+    s = att.prob.step.item()
+    ctx = (s * (a / s).clamp(0, 1).round() @ vb).transpose(1, 2).reshape(1, 16, 8)
+    n = att.norm
+    ctx = (ctx - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias
+    up = torch.tensor([block(t // 4, t % 4) for t in range(16)])                       # Eq. 15
+    expect = att.proj(att.act(ctx + q + k[:, up] + v[:, up]))
+    assert torch.allclose(att(h, (4, 4)), expect, atol=1e-5)
+
+
+def test_pool_branches_closed_form():
+    """The four average pools (1x3, 3x1, 1x5, 5x1, zero padding counted) of an all-ones 5x5 grid:
+    at (i, j) r3(j) + r3(i) + r5(j) + r5(i), with r3 = 2/3 on the border and 1 inside, r5 = 3/5,
+    4/5, 1, 4/5, 3/5 along a row."""
+    r3, r5 = [2 / 3, 1, 1, 1, 2 / 3], [3 / 5, 4 / 5, 1, 4 / 5, 3 / 5]
+    expect = torch.tensor([[r3[j] + r3[i] + r5[j] + r5[i] for j in range(5)] for i in range(5)])
+    out = PoolBranches(3, scaled=False)(torch.ones(2, 25, 3), (5, 5))
+    assert torch.allclose(out, expect.view(1, 25, 1).expand(2, 25, 3), atol=1e-6)
+
+
+def test_block_affine_with_pool_branches_closed_form():
+    """Block with the affine residual scale (Eq. 12-13) and the pooling branches, composed by hand
+    from its parts: h1 = h + a1 * attn(BN1 h) + b1; y = BN2 h1;
+    out = h1 + a2 * ffn(y) + b2 + sum_k (a_k * pool_k(y) + b_k)."""
+    torch.manual_seed(0)
+    blk = Block(8, 2, 2, pool_branches=True, residual_scale="affine").eval()
+    with torch.no_grad():
+        for m in blk.modules():
+            if hasattr(m, "alpha") and hasattr(m, "beta"):
+                m.alpha.uniform_(-1, 1), m.beta.uniform_(-1, 1)
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    h = torch.randn(2, 16, 8)
+
+    def bn(x, n):
+        return (x - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias
+
+    ls = lambda x, m: m.alpha * x + m.beta  # noqa: E731
+    h1 = h + ls(blk.attn(bn(h, blk.norm1), (4, 4)), blk.scale1)
+    y = bn(h1, blk.norm2)
+    g = y.transpose(1, 2).reshape(2, 8, 4, 4)
+    pools = sum(ls(F.avg_pool2d(g, k, 1, (k[0] // 2, k[1] // 2)).flatten(2).transpose(1, 2), s)
+                for k, s in zip(((1, 3), (3, 1), (1, 5), (5, 1)), blk.pools.scales))
+    expect = h1 + ls(blk.ffn(y), blk.scale2) + pools
+    with torch.no_grad():
+        assert torch.allclose(blk(h, (4, 4)), expect, atol=1e-5)
 
 
 def test_spatial_reduction_attention_shapes_and_errors():

@@ -328,6 +328,52 @@ def test_rand_augment_closed_forms():
     assert torch.equal(solarized, 255 - x)
 
 
+def test_rand_augment_ops_match_pil():
+    """Each op against Pillow's own (ImageOps, ImageEnhance, Image.rotate / transform, bilinear),
+    within one level of rounding, at the magnitude-9 arguments of timm's mapping (pinned here:
+    rotate 27 degrees, shear 0.27, translate 0.405, enhance 1.72, posterize 3 bits, solarize 230).
+    Geometric ops are compared where the sampled source lies inside the image: at the edge
+    ours blends the fill bilinearly, Pillow does not (up to 60 levels apart there)."""
+    from PIL import ImageEnhance, ImageOps
+    from onebit.data.transforms import rand_augment_arg as arg
+    OPS = RAND_AUGMENT_OPS
+    expect_args = {"rotate": 27.0, "shear_x": 0.27, "translate_y": 0.405, "color": 1.72, "contrast": 1.72,
+                   "brightness": 1.72, "sharpness": 1.72, "posterize": 3, "solarize": 230}
+    for op, value in expect_args.items():
+        assert arg(op, 9, negate=False) == pytest.approx(value), op
+    assert arg("rotate", 9, negate=True) == pytest.approx(-27.0)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    a[4:10, 4:10] = 200
+    im, fill = Image.fromarray(a), (128, 128, 128)
+    t = torch.from_numpy(a).permute(2, 0, 1).float()
+    affine = dict(resample=Image.BILINEAR, fillcolor=fill)
+    cases = {
+        "autocontrast": (None, ImageOps.autocontrast(im)),
+        "equalize": (None, ImageOps.equalize(im)),
+        "posterize": (3, ImageOps.posterize(im, 3)),
+        "solarize": (230, ImageOps.solarize(im, 230)),
+        "color": (1.72, ImageEnhance.Color(im).enhance(1.72)),
+        "contrast": (0.46, ImageEnhance.Contrast(im).enhance(0.46)),
+        "brightness": (1.72, ImageEnhance.Brightness(im).enhance(1.72)),
+        "sharpness": (1.72, ImageEnhance.Sharpness(im).enhance(1.72)),
+        "rotate": (27.0, im.rotate(27.0, **affine)),
+        "shear_x": (0.27, im.transform(im.size, Image.AFFINE, (1, 0.27, 0, 0, 1, 0), **affine)),
+        "shear_y": (-0.27, im.transform(im.size, Image.AFFINE, (1, 0, 0, -0.27, 1, 0), **affine)),
+        "translate_x": (0.405, im.transform(im.size, Image.AFFINE, (1, 0, 0.405 * 16, 0, 1, 0), **affine)),
+        "translate_y": (-0.405, im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, -0.405 * 16), **affine)),
+    }
+    for op, (value, ref) in cases.items():
+        ours = OPS[op](t, value, fill).round().clamp(0, 255).permute(1, 2, 0).numpy()
+        diff = np.abs(ours - np.asarray(ref, dtype=np.float32))
+        if op in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y"):
+            inside = OPS[op](torch.full((1, 16, 16), 255.0), value, 0.0)[0].numpy() > 254.99
+            inside[1:-1, 1:-1] &= inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+            assert inside.sum() >= 60, op  # enough pixels compared
+            diff = diff[inside]
+        assert diff.max() <= 1, (op, diff.max())
+
+
 def test_mixup_and_cutmix_soft_targets():
     x = torch.randn(8, 3, 16, 16, generator=gen())
     y = torch.arange(8) % 5

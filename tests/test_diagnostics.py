@@ -1,5 +1,6 @@
 """Training diagnostics against closed forms: flip ratio, histograms, ReSTE indicators."""
 import json
+import math
 
 import pytest
 import torch
@@ -35,6 +36,15 @@ def test_indicators_closed_form():
     assert ind["estimating_error"] == pytest.approx((torch.sign(xc) - xc).abs().mean().item())
     g = torch.tensor([0.0, 1, 1, 1, 1, 1])  # o = 1: clipped STE at t = 1.5
     assert ind["gradient_instability"] == pytest.approx(g.double().var().item())
+    # o = 2, by hand: f(x) = sign(x) sqrt(|x|) on x clipped to t = 1.5; gradient 0 beyond t,
+    # 1 / (2 sqrt|x|) on (m, t], the chord slope sqrt(m) / m on [0, m]
+    x = torch.tensor([-2.0, -0.25, 0.05, 0.25, 1.0])
+    ind = Dg.estimator_indicators(x, 2.0, t=1.5, m=0.1)
+    err = [abs(-1 + math.sqrt(1.5)), 0.5, 1 - math.sqrt(0.05), 0.5, 0.0]
+    assert ind["estimating_error"] == pytest.approx(sum(err) / 5)
+    g = [0.0, 1.0, math.sqrt(0.1) / 0.1, 1.0, 0.5]
+    mean = sum(g) / 5
+    assert ind["gradient_instability"] == pytest.approx(sum((v - mean) ** 2 for v in g) / 4)  # unbiased variance
     # larger o: smaller estimating error, larger gradient instability (paper 001 Fig. 1-2)
     w = torch.randn(10000) * 0.3
     a, b = Dg.estimator_indicators(w, 1.0), Dg.estimator_indicators(w, 3.0)

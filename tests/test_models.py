@@ -66,15 +66,57 @@ def test_binary_stem_and_head_are_configurable():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def _randomise_bns(module):
+    """Running statistics and affine terms far from the identity, so a missing BN shows."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-2, 2)
+                m.running_var.uniform_(0.5, 4)
+                m.weight.uniform_(0.5, 2)
+                m.bias.uniform_(-1, 1)
+
+
+def _bn(y, m):  # eval BatchNorm, written out
+    c = (1, -1, 1, 1)
+    return (y - m.running_mean.view(c)) / torch.sqrt(m.running_var.view(c) + m.eps) * m.weight.view(c) + m.bias.view(c)
+
+
+def _sgn(t):
+    return torch.where(t >= 0, 1.0, -1.0)
+
+
 def test_binary_unit_closed_form():
     torch.manual_seed(0)
     unit = BinaryUnit(4, 4, 1, binary={"input_binarizer": "ste", "weight_binarizer": "ste", "scale": "none"},
                       act="identity").eval()
+    _randomise_bns(unit)
     x = torch.randn(1, 4, 5, 5)
-    wb = torch.where(unit.conv.weight >= 0, 1.0, -1.0)
-    y = torch.nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0), wb, padding=1)
-    expect = unit.bn(y) + x
-    assert torch.allclose(unit(x), expect, atol=1e-5)
+    y = torch.nn.functional.conv2d(_sgn(x), _sgn(unit.conv.weight), padding=1)
+    assert torch.allclose(unit(x), _bn(y, unit.bn) + x, atol=1e-5)
+
+
+def test_reactnet_unit_closed_form():
+    """Stride 2 with Bi-Real's down-sampling shortcut (2x2 average pool, real 1x1 conv, BN), RSign
+    thresholds, per-channel weight scale and RPReLU, all written out."""
+    torch.manual_seed(0)
+    unit = BinaryUnit(4, 8, 2, binary={"input_binarizer": "rsign", "weight_binarizer": "ste", "scale": "channel"},
+                      act="rprelu").eval()
+    _randomise_bns(unit)
+    act, shift = unit.act, unit.conv.input_binarizer.shift.bias.detach()
+    with torch.no_grad():
+        shift.uniform_(-0.3, 0.3)
+        act.shift_in.uniform_(-0.5, 0.5), act.slope.uniform_(0.1, 0.5), act.shift_out.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 4, 6, 6)
+    w = unit.conv.weight.detach()
+    alpha = w.abs().mean(dim=(1, 2, 3)).view(1, -1, 1, 1)
+    y = torch.nn.functional.conv2d(_sgn(x + shift.view(1, -1, 1, 1)), _sgn(w), stride=2, padding=1) * alpha
+    sc_conv, sc_bn = unit.shortcut[1], unit.shortcut[2]
+    r = _bn(torch.nn.functional.conv2d(torch.nn.functional.avg_pool2d(x, 2), sc_conv.weight), sc_bn)
+    t = _bn(y, unit.bn) + r - act.shift_in.view(1, -1, 1, 1)
+    expect = torch.where(t >= 0, t, t * act.slope.view(1, -1, 1, 1)) + act.shift_out.view(1, -1, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(unit(x), expect, atol=1e-5)
 
 
 def test_zero_pad_shortcut():

@@ -102,6 +102,43 @@ def test_kd_losses_closed_form():
         assert soft_cross_entropy(s, t, T).item() == pytest.approx(ce.item(), rel=1e-5)
         assert kl_div(s, t, T).item() == pytest.approx((ce - entropy).item(), rel=1e-4, abs=1e-6)
     assert kl_div(t, t).item() == pytest.approx(0.0, abs=1e-6)
+    # by hand: student [0, 0], teacher [ln 3, 0] at T = 1: p_t = (3/4, 1/4), soft CE = ln 2,
+    # KL = ln 2 - H(3/4, 1/4); at T = 2 the CE is still ln 2 (uniform student), times T^2
+    s1, t1 = torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]])
+    h = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert soft_cross_entropy(s1, t1, 1.0).item() == pytest.approx(math.log(2))
+    assert kl_div(s1, t1, 1.0).item() == pytest.approx(math.log(2) - h, rel=1e-5)
+    assert soft_cross_entropy(s1, t1, 2.0).item() == pytest.approx(4 * math.log(2))
+
+
+def test_evaluate_closed_form():
+    """top-1, top-5, per-class accuracy and the confusion matrix of preset logits, by hand, with a
+    label map (data set class i -> model output label_map[i])."""
+    from onebit.train.evaluate import evaluate
+    logits = torch.tensor([[9., 1, 0, 0, 0, 0, 0],    # true 0 -> 0
+                           [0., 9, 8, 7, 6, 5, 4],    # true 2 -> 1; 2 in its top 5
+                           [0., 1, 2, 3, 4, 5, 9],    # true 1 -> 6; 1 not in its top 5
+                           [0., 0, 9, 0, 0, 0, 0]])   # true 2 -> 2
+
+    class Preset(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return logits[x[:, 0].long()]
+
+    x = torch.arange(4.0).view(4, 1)
+    y = torch.tensor([0, 1, 2, 1])  # data set labels; label_map swaps classes 1 and 2: model labels 0, 2, 1, 2
+    names = [f"c{i}" for i in range(7)]
+    res = evaluate(Preset(), [(x[:2], y[:2]), (x[2:], y[2:])], names, label_map=[0, 2, 1, 3, 4, 5, 6])
+    assert res["n"] == 4 and res["top1"] == 50.0 and res["top5"] == 75.0
+    assert res["per_class"]["c0"] == 100.0 and res["per_class"]["c1"] == 0.0 and res["per_class"]["c2"] == 50.0
+    assert res["per_class"]["c3"] is None
+    conf = torch.zeros(7, 7, dtype=torch.long)
+    conf[0, 0] = conf[2, 1] = conf[1, 6] = conf[2, 2] = 1
+    assert res["confusion"] == conf.tolist()
+    assert res["loss"] == pytest.approx(F.cross_entropy(logits, torch.tensor([0, 2, 1, 2])).item())
 
 
 def test_teacher_is_frozen_and_in_eval():
