@@ -290,6 +290,19 @@ def test_deit_capability_formula_and_paper_total():
     assert deit_capability()["per_layer"][0]["value_after"] == 97_920
 
 
+def test_capability_of_binaryvit_models_by_hand():
+    """Sec. 3.4's rule stage by stage on a two-stage pyramid (8x8 grid, widths 8 and 16, MLP ratio 2,
+    R = 2 then 1, global average pooling), and the DeiT-S model against the printed formula."""
+    from onebit.models.binaryvit import BinaryViT
+    m = BinaryViT(img_size=32, patch_size=4, embed_dims=(8, 16), depths=(1, 1), heads=(1, 1), mlp_ratios=(2, 2),
+                  sr_ratios=(2, 1), pool="gap", num_classes=3)
+    first = 4 * 4 * 3 * 255 // 2                     # real 4x4 patch embedding, 8-bit input
+    stage0 = 4 * 8 + (8 // 2) * (8 // 2) + 2 * 16    # q, k, v, proj; P V over N / R^2 keys; two FFN layers
+    stage1 = 4 * 16 + 4 * 4 + 2 * 32
+    assert capability(m)["total"] == ((first + stage0) * 4 + stage1) * 16 == 399_104
+    assert capability(onebit.create_model("binary_deit_s"))["total"] == 155_568
+
+
 def test_cli_summary_and_capability_json(capsys):
     import json
     from onebit.cli import main as cli
@@ -301,6 +314,29 @@ def test_cli_summary_and_capability_json(capsys):
     assert res["total"] == 71_193_472 and res["per_layer"]
     assert cli(["summary", "resnet20", "--input-size", "3,x,32"]) == 2
     assert "--input-size" in capsys.readouterr().err
+
+
+def test_landscape_directions_and_centre():
+    """Filter normalisation (each direction filter has the norm of its weight filter, 1-D
+    parameters do not move), the loss at the grid centre (odd resolution: a = b = 0) is the model's
+    own cross-entropy, and the weights are restored afterwards."""
+    import torch.nn.functional as F
+    from onebit.analysis.landscape import _directions, loss_landscape
+    torch.manual_seed(0)
+    m = onebit.create_model("bireal_resnet20", num_classes=4).eval()
+    d = _directions(m, torch.Generator().manual_seed(1))
+    for p, u in zip(m.parameters(), d):
+        if p.dim() <= 1:
+            assert not u.any()
+        else:
+            assert torch.allclose(u.flatten(1).norm(dim=1), p.detach().flatten(1).norm(dim=1), rtol=1e-4)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    x, y = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
+    res = loss_landscape(m, [(x[:3], y[:3]), (x[3:], y[3:])], resolution=3, span=0.5, progress=False)
+    with torch.no_grad():
+        assert res["loss"][1][1] == pytest.approx(F.cross_entropy(m(x), y).item(), rel=1e-5)
+    assert res["loss"][0][0] != pytest.approx(res["loss"][1][1], rel=1e-6)  # the corners moved
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
 
 
 def test_cli_landscape_writes_pngs_and_grid(tmp_path, capsys):
