@@ -382,15 +382,18 @@ def test_cli_bench_quick(tmp_path, capsys):
     assert any(v[0] == "PackedBinaryConv2d" for v in run["layers"]["packed"].values())
     assert out.with_suffix(".md").is_file() and "speed-up" in text
     assert res["fold_bn"] is True
-    assert cli(["bench", "bireal_resnet20", "--quick", "--no-layers", "--unfolded", "--out", str(out)]) == 0
+    kept = out.read_text()  # a rerun into the same file is refused unless --force
+    assert cli(["bench", "bireal_resnet20", "--quick", "--no-layers", "--unfolded", "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == kept
+    assert cli(["bench", "bireal_resnet20", "--quick", "--no-layers", "--unfolded", "--out", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["fold_bn"] is False
     # a packed file and the layer mode
     packed = tmp_path / "r.onebit"
     deploy.save(onebit.create_model("bireal_resnet20").eval(), packed)
-    assert cli(["bench", str(packed), "--quick", "--no-layers", "--out", str(out)]) == 0
+    assert cli(["bench", str(packed), "--quick", "--no-layers", "--out", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["model"] == "bireal_resnet20"
-    assert cli(["bench", "--layer", "conv", "--shape", "16,16,8,8", "--quick", "--out", str(out)]) == 0
-    assert cli(["bench", "--layer", "linear", "--shape", "4,128,32", "--quick", "--out", str(out)]) == 0
+    assert cli(["bench", "--layer", "conv", "--shape", "16,16,8,8", "--quick", "--out", str(out), "--force"]) == 0
+    assert cli(["bench", "--layer", "linear", "--shape", "4,128,32", "--quick", "--out", str(out), "--force"]) == 0
     assert json.loads(out.read_text())["runs"][0]["packed_ms"] > 0
     capsys.readouterr()
     assert cli(["bench", "--layer", "conv", "--quick"]) == 2

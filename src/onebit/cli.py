@@ -408,22 +408,25 @@ def cmd_bench(args) -> int:
         args.repeats, args.warmup = min(args.repeats, 2), 0
         args.batch, args.threads = args.batch or [1], args.threads or [1]
     batches, threads = args.batch or [1, 32], args.threads or [1, 2]
-    if args.out:
-        writable_out(args.out, "--out")
     if args.layer:
         if args.model or not args.shape:
             raise ValueError("--layer needs --shape (conv: C_IN,C_OUT,H,W[,K,STRIDE]; linear: M,K,N) and no MODEL")
         tag = f"layer_{args.layer}_{args.shape.replace(',', 'x')}"
-        res = bench.bench_layer(args.layer, args.shape, batches, threads, args.repeats, args.warmup, log=print)
     else:
         if not args.model:
             raise ValueError("bench needs a MODEL (registry name, zoo:NAME, checkpoint or packed file) or --layer")
         if not args.model.startswith("zoo:") and Path(args.model).suffix and not Path(args.model).exists():
             raise ValueError(f"{args.model} does not exist")
         tag = Path(args.model.removeprefix("zoo:")).name.split(".")[0]
+    out = writable_out(args.out, "--out") if args.out else Path(
+        f"results/bench_{re.sub(r'[^A-Za-z0-9_.-]', '_', tag)}.json")
+    if not args.force and (out.exists() or out.with_suffix(".md").exists()):
+        raise ValueError(f"{out} (or its .md) exists; pass --force to overwrite it, or --out FILE")
+    if args.layer:
+        res = bench.bench_layer(args.layer, args.shape, batches, threads, args.repeats, args.warmup, log=print)
+    else:
         res = bench.bench_model(args.model, batches, threads, parse_size(args.input_size), args.repeats, args.warmup,
                                 per_layer=not args.no_layers, log=print, fold_bn=not args.unfolded)
-    out = Path(args.out or f"results/bench_{re.sub(r'[^A-Za-z0-9_.-]', '_', tag)}.json")
     print()
     print(bench.format_result(res, layer_rows=10))
     paths = bench.write_result(res, out)
@@ -564,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pack without folding BatchNorms (bit-identical to the model) instead of fold_bn")
     p.add_argument("--quick", action="store_true", help="batch 1, 1 thread, at most 2 repeats, no warm-up")
     p.add_argument("--out", help="JSON result (default results/bench_NAME.json; Markdown beside it)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing result file")
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("demo", help="the main job on the embedded default data")
     p.add_argument("--out", help="run directory (default runs/demo-<time>)")
