@@ -164,6 +164,14 @@ def test_rsign_threshold_and_rprelu_closed_form():
     x = torch.tensor([[0.0, 0.0], [3.0, -3.0]])
     # PReLU(x - g) + z: [0-1 -> -0.1 + 2, 0+1 -> 1], [3-1 -> 2 + 2, -3+1 -> -1]
     assert p(x).flatten().tolist() == pytest.approx([1.9, 1.0, 4.0, -1.0])
+    # the same channels on a middle axis (neither dim 1 nor the last): the generic branch, and channel
+    # dim 1 (aten's prelu) give the same closed form
+    for dim, x4 in ((2, x.view(1, 1, 2, 2).transpose(2, 3)), (1, x.view(1, 2, 2).transpose(1, 2))):
+        q = binarize.RPReLU(2, dim=dim)
+        q.load_state_dict(p.state_dict())
+        y = q(x4)
+        back = y.transpose(2, 3).reshape(2, 2) if dim == 2 else y.transpose(1, 2).reshape(2, 2)
+        assert back.flatten().tolist() == pytest.approx([1.9, 1.0, 4.0, -1.0]), dim
     lb = binarize.LearnableBias(4)
     assert lb(torch.ones(2, 4, 3, 3)).shape == (2, 4, 3, 3)
 
