@@ -187,6 +187,9 @@ def test_table4_parameters_and_operations():
     def close(v, ref, tol):
         return abs(v - ref) / ref <= tol
 
+    # and the "ours" column of the README's complexity table, at the precision it prints
+    readme = {"binaryvit": (22.31, 3.822, 0.192, 0.789), "binaryvit_star": (22.31, 3.745, 0.962, 1.548),
+              "binary_deit_s": (22.29, 4.541, 0.582, 1.291)}
     for name, params, bops, flops, ops in (("binaryvit", 22.6e6, 3.83e9, 0.19e8, 0.79e8),
                                            ("binaryvit_star", 22.6e6, 3.75e9, 0.95e8, 1.54e8),
                                            ("binary_deit_s", 22.1e6, 4.51e9, 0.57e8, 1.29e8)):
@@ -195,8 +198,10 @@ def test_table4_parameters_and_operations():
         assert close(r["bops"], bops, 0.02), (name, r["bops"])
         assert close(r["flops"], flops, 0.03), (name, r["flops"])
         assert close(r["ops"], ops, 0.03), (name, r["ops"])
+        assert (round(r["params"] / 1e6, 2), round(r["bops"] / 1e9, 3), round(r["flops"] / 1e8, 3),
+                round(r["ops"] / 1e8, 3)) == readme[name], name
     plain = complexity(onebit.create_model("binaryvit"), (3, 224, 224)).total
-    assert plain["flops"] < 0.11e8  # without the convention: only the stem and the classifier
+    assert round(plain["flops"] / 1e8, 3) == 0.101  # without the convention: only the stem and the classifier
 
 
 def test_deit_capability_by_the_appendix():
@@ -217,6 +222,9 @@ def test_table3_rows_differ_by_one_switch():
     for m in ms:
         y = m(torch.randn(2, 3, 32, 32))
         assert y.shape == (2, 10)
+    # parameter counts quoted in the README's Table 3 section: 1.25-1.26 M for the four one-stage rows
+    counts = [round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for m in ms]
+    assert set(counts[:4]) <= {1.25, 1.26} and counts[4] == 6.35
 
 
 @pytest.mark.parametrize("kind", ["post_norm", "sandwich"])
