@@ -10,15 +10,18 @@ images held in memory. Prints the figures and writes results/loader_throughput.j
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from onebit.data import BatchLoader, cifar_train_transform, load_image_folder, load_sample
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import write_json  # noqa: E402
 
 
 def images_per_second(dataset, batch_size: int, epochs: int) -> float:
@@ -61,8 +64,7 @@ def main() -> None:
         print(f"{name}: {run['img_per_s']:,.0f} img/s ({run['images']} images, decoded in {run['decode_s']:.1f} s)")
     result = {"batch_size": args.batch_size, "threads": args.threads, "transform": repr(cifar_train_transform()),
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     print(f"wrote {args.out}")
 
 

@@ -29,6 +29,15 @@ def cpu_flags() -> list[str]:
 
 
 def write_json(obj: dict, path) -> None:
+    """Write a result, recording (unless it already does) the command line and the commit that made it."""
+    from onebit.train.loop import git_commit
+    here = Path.cwd()
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(here)
+    except ValueError:
+        pass
+    obj = {"command": " ".join(["python", str(script), *sys.argv[1:]]), "commit": git_commit(), **obj}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2) + "\n")
 
