@@ -539,3 +539,23 @@ def test_packed_layer_keeps_float64_inputs_dtype():
     assert y.dtype == torch.float64
     with torch.no_grad():
         close(y.float(), layer(x.float()))
+
+
+def test_packed_modules_pickle_and_deepcopy_after_use(tmp_path):
+    """A packed model that has run (its layers hold engine objects in a cache) still deep-copies,
+    pickles and saves, and the copies give the same logits; an empty batch keeps the input's dtype."""
+    import pickle
+    torch.manual_seed(0)
+    model = onebit.create_model("reactnet_resnet20", num_classes=4).eval()
+    packed = pack(model)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = packed(x)
+        torch.save(packed, tmp_path / "p.pt")
+        for c in (copy.deepcopy(packed), pickle.loads(pickle.dumps(packed)),
+                  torch.load(tmp_path / "p.pt", weights_only=False)):
+            assert torch.equal(c(x), want)
+    conv = PackedBinaryConv2d.from_layer(BinaryConv2d(4, 6, 3, padding=1).eval())
+    lin = PackedBinaryLinear.from_layer(BinaryLinear(8, 5).eval())
+    assert conv(torch.randn(0, 4, 5, 5, dtype=torch.float64)).dtype == torch.float64
+    assert lin(torch.randn(0, 8, dtype=torch.float64)).dtype == torch.float64

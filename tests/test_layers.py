@@ -146,3 +146,39 @@ def test_torch_compile_matches_eager_without_graph_breaks():
     model.eval()
     compiled = torch.compile(model)
     assert torch.allclose(compiled(x), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["ste", "clipped_ste", "approx_sign", {"name": "reste", "o_end": 3},
+                                       {"name": "rsign", "estimator": "reste"}])
+def test_layers_pickle_and_save_like_torch_modules(estimator, tmp_path):
+    """torch.save(module), pickle and deepcopy work whatever the estimator (their surrogate
+    gradients are closures, rebuilt on loading), and the copy computes the same values and
+    gradients, ReSTE's o (set by progress) included."""
+    import copy
+    import pickle
+    torch.manual_seed(0)
+    layer = BinaryConv2d(4, 6, 3, padding=1, input_binarizer=estimator, weight_binarizer="clipped_ste")
+    binarize.set_progress(layer, 0.5)
+    x = torch.randn(2, 4, 5, 5)
+    torch.save(layer, tmp_path / "m.pt")
+    copies = [pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer),
+              torch.load(tmp_path / "m.pt", weights_only=False)]
+    xg = x.clone().requires_grad_()
+    layer(xg).square().sum().backward()
+    for c in copies:
+        xc = x.clone().requires_grad_()
+        c(xc).square().sum().backward()
+        assert torch.equal(c(x), layer(x)) and torch.equal(xc.grad, xg.grad)
+
+
+def test_device_and_dtype_reach_the_binarizers():
+    """dtype= / device= of the constructor apply to every parameter, RSign's shift included, so a
+    float64 or bfloat16 layer runs on inputs of its dtype."""
+    for dtype in (torch.float64, torch.bfloat16):
+        conv = BinaryConv2d(4, 6, 3, padding=1, input_binarizer="rsign", dtype=dtype)
+        lin = BinaryLinear(4, 6, input_binarizer={"name": "rsign", "estimator": "reste"}, dtype=dtype)
+        assert {p.dtype for p in [*conv.parameters(), *lin.parameters()]} == {dtype}
+        assert conv(torch.randn(1, 4, 5, 5, dtype=dtype)).dtype == dtype
+        assert lin(torch.randn(3, 4, dtype=dtype)).dtype == dtype
+    meta = BinaryConv2d(4, 6, 3, input_binarizer="rsign", device="meta")
+    assert {p.device.type for p in meta.parameters()} == {"meta"}

@@ -39,6 +39,21 @@ class Binarizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sign_ste(x, self._grad_fn())
 
+    # The surrogate of a parametrised estimator is a closure (``_fn``), rebuilt from the module's
+    # own attributes: left out of pickles (closures do not pickle) and rebuilt on loading, so that
+    # torch.save(module), pickle and deepcopy work as for any nn.Module.
+    def _rebuild(self) -> None:
+        pass
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_fn", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._rebuild()
+
 
 @register("ste")
 class STE(Binarizer):
@@ -52,6 +67,9 @@ class ClippedSTE(Binarizer):
     def __init__(self, c: float = 1.0):
         super().__init__()
         self.c = _check_positive("clipped_ste threshold c", c)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
         self._fn = clipped_ste_grad(self.c)
 
     def _grad_fn(self):
@@ -98,6 +116,9 @@ class ReSTE(Binarizer):
     def set_progress(self, t: float) -> None:
         self.progress = check_progress(t)
         self.o = self.schedule(t)
+        self._rebuild()
+
+    def _rebuild(self) -> None:
         self._fn = reste_grad(self.o, self.t_threshold, self.m)
 
     def _grad_fn(self):

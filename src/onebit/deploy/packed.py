@@ -181,6 +181,11 @@ class _Packed(nn.Module):
         self._cache = {}
         return super()._apply(fn, *args, **kwargs)
 
+    def __getstate__(self):  # pickle / deepcopy / torch.save: the cache (engine objects) is rebuilt on use
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
     def fold_bn(self, bn: nn.Module) -> None:
         """Fold an eval-mode BatchNorm that directly follows this layer into scale and bias."""
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
@@ -302,9 +307,8 @@ class PackedBinaryConv2d(_Packed):
         if plan is None:
             plan = self._plan(x)
             if plan is None:  # empty batch
-                y = torch.zeros((0, self.out_channels, *self._geometry(shape[2], shape[3])[1]),
-                                dtype=torch.float32, device=x.device)
-                return y if residual is None else _output(y, x) + residual
+                y = _output(torch.zeros((0, self.out_channels, *self._geometry(shape[2], shape[3])[1])), x)
+                return y if residual is None else y + residual
         fast = x.dtype is torch.float32 and x.device.type == "cpu" and not x.requires_grad
         res = None
         if residual is not None:
@@ -404,7 +408,7 @@ class PackedBinaryLinear(_Packed):
         lead = x.shape[:-1]
         m = math.prod(lead)
         if m == 0:
-            return torch.zeros((*lead, self.out_features), dtype=torch.float32, device=x.device)
+            return _output(torch.zeros((*lead, self.out_features)), x)
         path = engine.get_path()
         a = self._arrays(path)
         x2 = x.reshape(m, self.in_features)
@@ -643,19 +647,31 @@ def _fused_unit_class():
 _FUSED_UNIT = None
 
 
+def _fused_unit():
+    """The PackedBinaryUnit class, made on first use (it subclasses the models' BinaryUnit)."""
+    global _FUSED_UNIT
+    if _FUSED_UNIT is None:
+        _FUSED_UNIT = _fused_unit_class()
+    return _FUSED_UNIT
+
+
+def __getattr__(name: str):  # `onebit.deploy.packed.PackedBinaryUnit`, as pickle looks the class up
+    if name == "PackedBinaryUnit":
+        return _fused_unit()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _fuse_units(model: nn.Module) -> int:
     """Give every BinaryUnit with a packed conv, and a BatchNorm folded into it or one the engine
     applies exactly (_bn_epilogue), the fused forward (class swap: modules, names and state_dict
     unchanged).  Returns the number fused."""
-    global _FUSED_UNIT
     from ..models.blocks import BinaryUnit
-    if _FUSED_UNIT is None:
-        _FUSED_UNIT = _fused_unit_class()
+    unit_cls = _fused_unit()
     n = 0
     for m in model.modules():
         if (type(m) is BinaryUnit and type(m._modules.get("conv")) is PackedBinaryConv2d
                 and (type(m._modules.get("bn")) is nn.Identity or _bn_epilogue(m._modules.get("bn")) is not None)):
-            m.__class__ = _FUSED_UNIT
+            m.__class__ = unit_cls
             n += 1
     return n
 

@@ -1,6 +1,8 @@
 """Drop-in binary layers: BinaryConv2d and BinaryLinear.
 
-They take exactly the constructor of nn.Conv2d / nn.Linear, plus keyword-only
+They take the constructor of nn.Conv2d / nn.Linear (with two limits: padding_mode is 'zeros' only,
+the padding the packed engine reproduces, and BinaryConv2d wants batched (N, C, H, W) inputs),
+plus keyword-only
 
 - ``input_binarizer``: spec of the activation binarizer (a registered name, a
   ``{"name": ..., **options}`` dict, a module, or None to keep activations real);
@@ -45,6 +47,9 @@ class BinaryLayer:
         in_ch = self.weight.shape[1] * getattr(self, "groups", 1)
         self.input_binarizer = build(input_binarizer, channels=in_ch, dim=channel_dim)
         self.weight_binarizer = build(weight_binarizer, channels=self.weight.shape[0], dim=0)
+        for b in (self.input_binarizer, self.weight_binarizer):  # their parameters (RSign's shift) follow
+            if b is not None:                                     # the layer's device= and dtype=
+                b.to(device=self.weight.device, dtype=self.weight.dtype)
 
     @property
     def binary_weights(self) -> bool:
