@@ -20,7 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from onebit.train.loop import git_commit, machine_info
+from onebit.train.loop import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiment import run_or_resume  # noqa: E402
@@ -65,12 +65,11 @@ def main(argv=None) -> int:
                         "mean": statistics.mean(accs), "spread": (max(accs) - min(accs)) / 2, "hours": hours}
         print(f"{row:10s} {summary[row]['mean']:.2f} +- {summary[row]['spread']:.2f}  {accs}")
     means = [summary[r]["mean"] for r in rows]
-    out = {"command": "python benchmarks/binaryvit_table3.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "budget": {"epochs": args.epochs, "train_per_class": args.train_per_class, "overrides": common},
-           "commit": git_commit(), "machine": machine_info(), "results": summary,
+    out = {"budget": {"epochs": args.epochs, "train_per_class": args.train_per_class, "overrides": common},
+           "machine": machine_info(), "results": summary,
            "ordering_holds": all(b >= a for a, b in zip(means, means[1:])),
            "full_model_reaches_80": summary["pyramid"]["mean"] >= 80.0 if "pyramid" in summary else None}
-    write_json(out, args.out)
+    write_json(out, args.out, argv)
     print(f"ordering holds: {out['ordering_holds']}; full model >= 80%: {out['full_model_reaches_80']}")
     return 0
 

@@ -24,7 +24,6 @@ import torch
 import onebit
 import onebit.deploy.packed as packed_mod
 from onebit.deploy import engine, pack
-from onebit.train.loop import git_commit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_flags, cpu_name, write_json  # noqa: E402
@@ -71,8 +70,7 @@ def main() -> int:
     for k in variants:
         print(f"{k:>9}: {med[k]:.3f} ms (float32 / this {med['float32'] / med[k]:.2f}x)"
               f"  logits bit-identical: {exact[k]}")
-    write_json({"command": "python benchmarks/bn_epilogue.py " + " ".join(sys.argv[1:]),
-                          "model": args.model, "commit": git_commit(), "cpu": cpu_name(), "cpu_flags": cpu_flags(),
+    write_json({"model": args.model, "cpu": cpu_name(), "cpu_flags": cpu_flags(),
                           "engine_path": engine.best_path(), "torch_bn_fma": mode, "threads": args.threads, "batch": args.batch,
                           "rounds": args.rounds, "calls": args.calls, "median_ms": med, "bit_identical": exact}, args.out)
     print(f"wrote {args.out}")

@@ -21,7 +21,6 @@ import torch
 import onebit
 from onebit.deploy import engine, pack
 from onebit.deploy.bench import time_interleaved
-from onebit.train.loop import git_commit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_flags, cpu_name, write_json  # noqa: E402
@@ -61,10 +60,8 @@ def main(argv=None) -> int:
         assert torch.equal(plain(x), linked(x)), "linked logits differ"
         e2e = time_interleaved({"unlinked": lambda: plain(x), "linked": lambda: linked(x)}, args.reps, 0)
     print(f"Bi-Real ResNet-18 224x224: unlinked {e2e['unlinked']:.2f} ms  linked {e2e['linked']:.2f} ms")
-    write_json({"command": "python benchmarks/link_bits.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                "cpu": cpu_name(), "cpu_flags": cpu_flags(), "engine_path": engine.best_path(),
-                "threads": 1, "layers_ms": layers, "bireal_resnet18_ms": e2e,
-                "commit": git_commit()}, args.out)
+    write_json({"cpu": cpu_name(), "cpu_flags": cpu_flags(), "engine_path": engine.best_path(),
+                "threads": 1, "layers_ms": layers, "bireal_resnet18_ms": e2e}, args.out, argv)
     return 0
 
 

@@ -28,16 +28,18 @@ def cpu_flags() -> list[str]:
     return sorted({f for f in FLAGS if f" {f}" in text})
 
 
-def write_json(obj: dict, path) -> None:
-    """Write a result, recording (unless it already does) the command line and the commit that made it."""
+def write_json(obj: dict, path, argv=None) -> None:
+    """Write a benchmark's result with the command line that made it (the calling script and
+    ``argv``, default sys.argv[1:]) and the commit, ahead of the script's own keys."""
+    import inspect
     from onebit.train.loop import git_commit
-    here = Path.cwd()
-    script = Path(sys.argv[0])
+    script = Path(inspect.stack()[1].filename).resolve()
     try:
-        script = script.resolve().relative_to(here)
+        script = script.relative_to(Path(__file__).resolve().parents[1])
     except ValueError:
         pass
-    obj = {"command": " ".join(["python", str(script), *sys.argv[1:]]), "commit": git_commit(), **obj}
+    args = list(sys.argv[1:] if argv is None else argv)
+    obj = {"command": " ".join(["python", script.as_posix(), *args]), "commit": git_commit(), **obj}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=2) + "\n")
 

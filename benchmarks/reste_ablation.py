@@ -16,7 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from onebit.train.loop import git_commit, machine_info
+from onebit.train.loop import machine_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from experiment import run_or_resume  # noqa: E402
@@ -68,9 +68,8 @@ def main(argv=None) -> int:
                         "mean": statistics.mean(accs), "spread": (max(accs) - min(accs)) / 2,
                         "stdev": statistics.stdev(accs) if len(accs) > 1 else 0.0}
         print(f"{cfg:16s} {summary[cfg]['mean']:.2f} +- {summary[cfg]['spread']:.2f}  {accs}")
-    out = {"command": "python benchmarks/reste_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "epochs": args.epochs, "commit": git_commit(), "machine": machine_info(), "results": summary}
-    write_json(out, args.out)
+    out = {"epochs": args.epochs, "machine": machine_info(), "results": summary}
+    write_json(out, args.out, argv)
     return 0
 
 

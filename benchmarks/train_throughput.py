@@ -13,7 +13,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,17 +93,12 @@ def main(argv=None) -> int:
         rows.append({"model": label, "img_per_s": round(med, 1), "ratio_to_fp32": round(med / fp, 3),
                      "rounds": [round(v, 1) for v in s]})
         print(f"{label:40s} {med:8.1f} img/s   {med / fp:5.2f}x fp32")
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
     out = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
-        "commit": commit, "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads,
+        "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads,
         "batch": args.batch, "steps_per_round": args.steps, "channels_last": args.channels_last,
         "torch": torch.__version__, "python": platform.python_version(), "results": rows,
     }
-    write_json(out, args.out)
+    write_json(out, args.out, argv)
     print(f"wrote {args.out}")
     return 0
 

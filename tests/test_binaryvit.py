@@ -12,6 +12,11 @@ from onebit.layers.bifc import BiFC, FeatureResidual
 from onebit.models.binaryvit import BinaryViT, Block, PoolBranches
 
 
+
+def bn_eval(x, n):
+    """An eval BatchNorm over the last (feature) dimension, written out."""
+    return (x - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias
+
 def sgn(x):
     return torch.where(x >= 0, 1.0, -1.0)
 
@@ -92,7 +97,7 @@ def test_attention_products_closed_form():
     p = s * (a / s).clamp(0, 1).round()                                                   # Eq. 8
     assert (p == 0).any() and (p == s).any() and (a > s).any()  # every branch of Eq. 8 taken
     ctx = (p @ vb).transpose(1, 2).reshape(1, 4, 8)
-    ctx = (ctx - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias   # BN, written out
+    ctx = bn_eval(ctx, n)
     expect = att.proj(att.act(ctx + q + k + v))
     assert torch.allclose(att(h, (2, 2)), expect, atol=1e-5)
 
@@ -119,7 +124,7 @@ def test_spatial_reduction_attention_closed_form():
     s = att.prob.step.item()
     ctx = (s * (a / s).clamp(0, 1).round() @ vb).transpose(1, 2).reshape(1, 16, 8)
     n = att.norm
-    ctx = (ctx - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias
+    ctx = bn_eval(ctx, n)
     up = torch.tensor([block(t // 4, t % 4) for t in range(16)])                       # Eq. 15
     expect = att.proj(att.act(ctx + q + k[:, up] + v[:, up]))
     assert torch.allclose(att(h, (4, 4)), expect, atol=1e-5)
@@ -149,12 +154,9 @@ def test_block_affine_with_pool_branches_closed_form():
                 m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
     h = torch.randn(2, 16, 8)
 
-    def bn(x, n):
-        return (x - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias
-
     ls = lambda x, m: m.alpha * x + m.beta  # noqa: E731
-    h1 = h + ls(blk.attn(bn(h, blk.norm1), (4, 4)), blk.scale1)
-    y = bn(h1, blk.norm2)
+    h1 = h + ls(blk.attn(bn_eval(h, blk.norm1), (4, 4)), blk.scale1)
+    y = bn_eval(h1, blk.norm2)
     g = y.transpose(1, 2).reshape(2, 8, 4, 4)
     pools = sum(ls(F.avg_pool2d(g, k, 1, (k[0] // 2, k[1] // 2)).flatten(2).transpose(1, 2), s)
                 for k, s in zip(((1, 3), (3, 1), (1, 5), (5, 1)), blk.pools.scales))

@@ -74,12 +74,7 @@ def load_for_eval(spec: str, packed: bool = False):
             raise ValueError(f"{spec} is a packed model file (inference only); this command needs a checkpoint "
                              f"or zoo:NAME")
         from .deploy import load_with_meta
-        model, meta = load_with_meta(spec)
-        lacking = [k for k in ("class_names", "mean", "std", "input_size") if k not in meta]
-        if lacking:
-            raise ValueError(f"{spec} has no {', '.join(lacking)} (packed from a bare registry model); "
-                             f"pack a checkpoint or zoo:NAME to evaluate it")
-        return model, meta
+        return load_with_meta(spec)
     return load_model(spec)
 
 
@@ -106,8 +101,9 @@ def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: boo
     from . import data as D
     lacking = [k for k in ("class_names", "mean", "std", "input_size") if k not in meta]
     if lacking:
-        raise ValueError(f"the model has no {', '.join(lacking)} in its meta (not a checkpoint written by onebit "
-                         f"train); evaluate a run's best.pt or last.pt, or zoo:NAME")
+        raise ValueError(f"the model has no {', '.join(lacking)} (a bare registry model, or a checkpoint not "
+                         f"written by onebit train); evaluate a run's best.pt or last.pt, zoo:NAME, or a file "
+                         f"packed from one of those")
     ds = eval_dataset(data, split, meta["class_names"], (meta.get("data") or {}).get("val_split"))
     size = meta["input_size"][-1]
     tf = D.Normalize(meta["mean"], meta["std"])
@@ -322,12 +318,9 @@ def cmd_pack(args) -> int:
     from pathlib import Path
     import torch
     from . import deploy
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'model.packed.safetensors'}")
+    out = writable_out(args.out, "--out")
     if out.exists() and not args.force:
         raise ValueError(f"{out} exists; pass --force to overwrite it")
-    writable_out(out, "--out")
     model, meta, name, config = load_for_pack(args.model)
     if args.data and "class_names" not in meta:
         raise ValueError("--data needs a checkpoint or zoo:NAME (a bare registry model has no classes)")
