@@ -287,7 +287,7 @@ class PackedBinaryConv2d(_Packed):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 rprelu: Optional[np.ndarray] = None, emit_for: Optional["PackedBinaryConv2d"] = None,
-                bn: Optional[Tuple[np.ndarray, bool]] = None) -> torch.Tensor:
+                bn: Optional[Tuple[np.ndarray, bool]] = None, _fusable: Optional[bool] = None) -> torch.Tensor:
         """y = acc * scale + bias, plus ``residual`` (a tensor of y's shape) if given.
 
         ``bn`` = (terms, fma) from :func:`_bn_epilogue` applies an eval BatchNorm to acc * scale + bias
@@ -301,7 +301,10 @@ class PackedBinaryConv2d(_Packed):
         Packed activations between layers (set up by :func:`pack`, see :func:`_link_bits`): with
         ``emit_for`` (or this layer's own link) naming the packed conv that reads y next, the engine
         also returns y's signs as that conv binarizes them, attached to y; that conv then skips its
-        packing pass, provided y is still the very tensor, unmodified (checked by its version)."""
+        packing pass, provided y is still the very tensor, unmodified (checked by its version).
+
+        ``_fusable``: the caller's own :func:`_fusable_residual` of (x, residual), so that a fused unit
+        does not check twice."""
         shape = x.shape
         plan = self._plans.get(shape) if x.dtype is torch.float32 else None
         if plan is None:
@@ -312,7 +315,7 @@ class PackedBinaryConv2d(_Packed):
         fast = x.dtype is torch.float32 and x.device.type == "cpu" and not x.requires_grad
         res = None
         if residual is not None:
-            if not _fusable_residual(x, residual, self):
+            if not (_fusable if _fusable is not None else _fusable_residual(x, residual, self)):
                 if rprelu is not None:
                     raise ValueError("PackedBinaryConv2d: rprelu needs a fused residual (float32 CPU, contiguous)")
                 return self.forward(x, bn=bn) + residual
@@ -632,11 +635,12 @@ def _fused_unit_class():
                     r = x if type(sc) is nn.Identity else sc(x)
                     act = self.act
                     nxt = self.__dict__.get("_emit_for")  # the next packed conv, when it reads our output (pack)
-                    if type(act) is RPReLU and act.dim == 1 and _fusable_residual(x, r, conv):
-                        return conv(x, residual=r, rprelu=_rprelu_array(act), emit_for=nxt, bn=bn)
+                    fusable = _fusable_residual(x, r, conv)
+                    if type(act) is RPReLU and act.dim == 1 and fusable:
+                        return conv(x, residual=r, rprelu=_rprelu_array(act), emit_for=nxt, bn=bn, _fusable=True)
                     if type(act) is nn.Identity:
-                        return conv(x, residual=r, emit_for=nxt, bn=bn)
-                    return act(conv(x, residual=r, bn=bn))
+                        return conv(x, residual=r, emit_for=nxt, bn=bn, _fusable=fusable)
+                    return act(conv(x, residual=r, bn=bn, _fusable=fusable))
             return BinaryUnit.forward(self, x)
 
     PackedBinaryUnit.__qualname__ = "PackedBinaryUnit"
