@@ -390,6 +390,78 @@ def test_pack_link_bits_hands_the_same_bits_on(name):
         assert _bits_for_me(y, nxt) is None
 
 
+@pytest.mark.parametrize("fold_bn,link_bits", [(False, False), (True, True)])
+def test_fused_call_follows_every_change(monkeypatch, fold_bn, link_bits):
+    """A PackedBinaryUnit's resolved fused call (_FusedCall) serves repeated calls without the conv's
+    forward, and gives way to the full path whenever that would compute something else: each change
+    below is checked against a deep copy (which starts without the resolved call) and must change
+    the logits, so a stale call would show."""
+    from onebit.models.blocks import BinaryUnit
+    torch.manual_seed(0)
+    packed = pack(randomize(onebit.create_model("reactnet_resnet20"), seed=3).eval(), fold_bn=fold_bn,
+                  link_bits=link_bits)
+    units = [m for m in packed.modules() if isinstance(m, BinaryUnit)]
+    x = torch.randn(2, 3, 32, 32)
+    calls = []
+    conv_forward = PackedBinaryConv2d.forward
+    monkeypatch.setattr(PackedBinaryConv2d, "forward", lambda self, *a, **k: calls.append(1) or conv_forward(self, *a, **k))
+
+    def check(changed: bool = True):
+        nonlocal last
+        with torch.no_grad():
+            got, want = packed(x), copy.deepcopy(packed)(x)
+        assert torch.equal(got, want)
+        assert changed is not torch.equal(got, last)
+        last = got
+
+    with torch.no_grad():
+        last = packed(x)
+        calls.clear()
+        assert torch.equal(packed(x), last)
+    assert not calls and all("_fused_call" in u.__dict__ for u in units)  # no conv forward: all resolved
+    check(changed=False)
+    u = units[4]
+    with torch.no_grad():
+        u.conv.scale.mul_(-1.5)                                 # conv buffer, in place
+        check()
+        u.act.slope.add_(0.3)                                   # RPReLU parameter, in place
+        check()
+        u.conv.register_buffer("bias", u.conv.bias + 0.25)     # conv buffer replaced
+        check()
+        if not fold_bn:
+            u.bn.running_mean.add_(0.5)                         # BatchNorm statistics, in place
+            check()
+            u.bn.eps = 0.5
+            check()
+            bn = nn.BatchNorm2d(u.bn.num_features).eval()
+            bn.running_var.fill_(4.0)
+            u.bn = bn                                           # a new module
+            check()
+        if link_bits:
+            nxt = u.__dict__["_emit_for"]
+            nxt.register_buffer("shift", torch.full((nxt.in_channels,), 0.3))  # the next conv's threshold
+            check()
+        u.act = RPReLU(u.conv.out_channels)                     # another activation module
+        check()
+    seen = []
+    handle = u.conv.register_forward_hook(lambda *args: seen.append(1))
+    check(changed=False)
+    assert seen                                                 # hooks on the conv still run
+    handle.remove()
+    engine.set_path("portable")
+    try:
+        check(changed=False)
+    finally:
+        engine.set_path("auto")
+    x = torch.randn(3, 3, 32, 32)                               # another batch size
+    with torch.no_grad():
+        last = packed(x)
+    check(changed=False)
+    clone = copy.deepcopy(packed)                               # with resolved calls inside
+    with torch.no_grad():
+        assert torch.equal(clone(x), last)
+
+
 def test_packed_conv_residual_argument():
     torch.manual_seed(3)
     layer = BinaryConv2d(20, 12, 3, 2, 1, bias=True, input_binarizer="approx_sign").eval()
