@@ -448,9 +448,11 @@ def test_fused_call_follows_every_change(monkeypatch, fold_bn, link_bits):
     check(changed=False)
     assert seen                                                 # hooks on the conv still run
     handle.remove()
+    check(changed=False)                                        # resolved again, on the default path
     engine.set_path("portable")
     try:
-        check(changed=False)
+        check(changed=False)                                        # same integers on every path, so:
+        assert u.__dict__["_fused_call"].path == engine._default_path == "portable"
     finally:
         engine.set_path("auto")
     x = torch.randn(3, 3, 32, 32)                               # another batch size
@@ -460,6 +462,53 @@ def test_fused_call_follows_every_change(monkeypatch, fold_bn, link_bits):
     clone = copy.deepcopy(packed)                               # with resolved calls inside
     with torch.no_grad():
         assert torch.equal(clone(x), last)
+
+
+def test_resolved_conv_call_follows_every_change(monkeypatch):
+    """A packed conv called with x alone resolves its engine call once (_Resolved) and reuses it
+    without rebuilding its arrays; each change below must give what a deep copy (starting without
+    it) gives, and change the output, so a stale call would show."""
+    torch.manual_seed(4)
+    layer = BinaryConv2d(70, 24, 3, 1, 1, bias=True, input_binarizer="rsign", scale="channel").eval()
+    with torch.no_grad():
+        layer.input_binarizer.shift.bias.normal_(0, 0.3)
+    p = PackedBinaryConv2d.from_layer(layer)
+    x = torch.randn(2, 70, 9, 9)
+    built = []
+    arrays = PackedBinaryConv2d._arrays
+    monkeypatch.setattr(PackedBinaryConv2d, "_arrays", lambda self, path: built.append(1) or arrays(self, path))
+    with torch.no_grad():
+        last = p(x)
+        built.clear()
+        assert torch.equal(p(x), last) and not built and "_resolved" in p.__dict__
+
+        def check(changed: bool = True):
+            nonlocal last
+            got, want = p(x), copy.deepcopy(p)(x)
+            assert torch.equal(got, want)
+            assert changed is not torch.equal(got, last)
+            last = got
+
+        p.scale.mul_(-1.5)                                          # in place
+        check()
+        p.shift.add_(0.4)                                           # the RSign threshold, in place
+        check()
+        p.weight_bits[:3] ^= 1                                      # weight signs, in place
+        check()
+        p.register_buffer("bias", p.bias + 1.0)                     # replaced
+        check()
+        engine.set_path("portable")
+        try:
+            check(changed=False)                                    # same integers on every path, so:
+            assert p.__dict__["_resolved"].path == engine._default_path == "portable"
+        finally:
+            engine.set_path("auto")
+        x = torch.randn(1, 70, 11, 7)                               # another shape
+        last = p(x)
+        check(changed=False)
+        assert torch.equal(p(x.requires_grad_()), last)             # not resolvable: the full path
+        x = x.detach()
+        assert torch.equal(copy.deepcopy(p)(x), last)               # deepcopy with a resolved call inside
 
 
 def test_packed_conv_residual_argument():
