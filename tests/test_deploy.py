@@ -390,34 +390,53 @@ def test_pack_link_bits_hands_the_same_bits_on(name):
         assert _bits_for_me(y, nxt) is None
 
 
+class FreshCopyCheck:
+    """module(x) after a change against a deep copy's (which starts with no resolved call), and that
+    the change changed the output (changed=False: that it did not), so a stale resolved call shows."""
+
+    def __init__(self, module: nn.Module, x: torch.Tensor):
+        self.module = module
+        self.new_input(x)
+
+    def new_input(self, x: torch.Tensor) -> None:
+        self.x = x
+        with torch.no_grad():
+            self.last = self.module(x)
+
+    def __call__(self, changed: bool = True) -> None:
+        with torch.no_grad():
+            got, want = self.module(self.x), copy.deepcopy(self.module)(self.x)
+        assert torch.equal(got, want)
+        assert changed is not torch.equal(got, self.last)
+        self.last = got
+
+    def on_portable_path(self, resolved) -> None:
+        """The same integers come out on every engine path, so the resolved call (``resolved()``) must
+        show that it was made for the portable one."""
+        engine.set_path("portable")
+        try:
+            self(changed=False)
+            assert resolved().path == engine._default_path == "portable"
+        finally:
+            engine.set_path("auto")
+
+
 @pytest.mark.parametrize("fold_bn,link_bits", [(False, False), (True, True)])
 def test_fused_call_follows_every_change(monkeypatch, fold_bn, link_bits):
     """A PackedBinaryUnit's resolved fused call (_FusedCall) serves repeated calls without the conv's
-    forward, and gives way to the full path whenever that would compute something else: each change
-    below is checked against a deep copy (which starts without the resolved call) and must change
-    the logits, so a stale call would show."""
+    forward, and gives way to the full path whenever that would compute something else."""
     from onebit.models.blocks import BinaryUnit
     torch.manual_seed(0)
     packed = pack(randomize(onebit.create_model("reactnet_resnet20"), seed=3).eval(), fold_bn=fold_bn,
                   link_bits=link_bits)
     units = [m for m in packed.modules() if isinstance(m, BinaryUnit)]
-    x = torch.randn(2, 3, 32, 32)
     calls = []
     conv_forward = PackedBinaryConv2d.forward
     monkeypatch.setattr(PackedBinaryConv2d, "forward", lambda self, *a, **k: calls.append(1) or conv_forward(self, *a, **k))
-
-    def check(changed: bool = True):
-        nonlocal last
-        with torch.no_grad():
-            got, want = packed(x), copy.deepcopy(packed)(x)
-        assert torch.equal(got, want)
-        assert changed is not torch.equal(got, last)
-        last = got
-
+    check = FreshCopyCheck(packed, torch.randn(2, 3, 32, 32))
+    calls.clear()
     with torch.no_grad():
-        last = packed(x)
-        calls.clear()
-        assert torch.equal(packed(x), last)
+        assert torch.equal(packed(check.x), check.last)
     assert not calls and all("_fused_call" in u.__dict__ for u in units)  # no conv forward: all resolved
     check(changed=False)
     u = units[4]
@@ -449,66 +468,43 @@ def test_fused_call_follows_every_change(monkeypatch, fold_bn, link_bits):
     assert seen                                                 # hooks on the conv still run
     handle.remove()
     check(changed=False)                                        # resolved again, on the default path
-    engine.set_path("portable")
-    try:
-        check(changed=False)                                        # same integers on every path, so:
-        assert u.__dict__["_fused_call"].path == engine._default_path == "portable"
-    finally:
-        engine.set_path("auto")
-    x = torch.randn(3, 3, 32, 32)                               # another batch size
-    with torch.no_grad():
-        last = packed(x)
+    check.on_portable_path(lambda: u.__dict__["_fused_call"])
+    check.new_input(torch.randn(3, 3, 32, 32))                  # another batch size
     check(changed=False)
-    clone = copy.deepcopy(packed)                               # with resolved calls inside
     with torch.no_grad():
-        assert torch.equal(clone(x), last)
+        assert torch.equal(copy.deepcopy(packed)(check.x), check.last)  # deepcopy with resolved calls inside
 
 
 def test_resolved_conv_call_follows_every_change(monkeypatch):
     """A packed conv called with x alone resolves its engine call once (_Resolved) and reuses it
-    without rebuilding its arrays; each change below must give what a deep copy (starting without
-    it) gives, and change the output, so a stale call would show."""
+    without rebuilding its arrays, and gives way to the full path whenever that would compute
+    something else."""
     torch.manual_seed(4)
     layer = BinaryConv2d(70, 24, 3, 1, 1, bias=True, input_binarizer="rsign", scale="channel").eval()
     with torch.no_grad():
         layer.input_binarizer.shift.bias.normal_(0, 0.3)
     p = PackedBinaryConv2d.from_layer(layer)
-    x = torch.randn(2, 70, 9, 9)
     built = []
     arrays = PackedBinaryConv2d._arrays
     monkeypatch.setattr(PackedBinaryConv2d, "_arrays", lambda self, path: built.append(1) or arrays(self, path))
+    check = FreshCopyCheck(p, torch.randn(2, 70, 9, 9))
+    built.clear()
     with torch.no_grad():
-        last = p(x)
-        built.clear()
-        assert torch.equal(p(x), last) and not built and "_resolved" in p.__dict__
-
-        def check(changed: bool = True):
-            nonlocal last
-            got, want = p(x), copy.deepcopy(p)(x)
-            assert torch.equal(got, want)
-            assert changed is not torch.equal(got, last)
-            last = got
-
-        p.scale.mul_(-1.5)                                          # in place
+        assert torch.equal(p(check.x), check.last) and not built and "_resolved" in p.__dict__
+        p.scale.mul_(-1.5)                                      # in place
         check()
-        p.shift.add_(0.4)                                           # the RSign threshold, in place
+        p.shift.add_(0.4)                                       # the RSign threshold, in place
         check()
-        p.weight_bits[:3] ^= 1                                      # weight signs, in place
+        p.weight_bits[:3] ^= 1                                  # weight signs, in place
         check()
-        p.register_buffer("bias", p.bias + 1.0)                     # replaced
+        p.register_buffer("bias", p.bias + 1.0)                 # replaced
         check()
-        engine.set_path("portable")
-        try:
-            check(changed=False)                                    # same integers on every path, so:
-            assert p.__dict__["_resolved"].path == engine._default_path == "portable"
-        finally:
-            engine.set_path("auto")
-        x = torch.randn(1, 70, 11, 7)                               # another shape
-        last = p(x)
-        check(changed=False)
-        assert torch.equal(p(x.requires_grad_()), last)             # not resolvable: the full path
-        x = x.detach()
-        assert torch.equal(copy.deepcopy(p)(x), last)               # deepcopy with a resolved call inside
+    check.on_portable_path(lambda: p.__dict__["_resolved"])
+    check.new_input(torch.randn(1, 70, 11, 7))                  # another shape
+    check(changed=False)
+    with torch.no_grad():
+        assert torch.equal(p(check.x.clone().requires_grad_()), check.last)  # not resolvable: the full path
+        assert torch.equal(copy.deepcopy(p)(check.x), check.last)            # deepcopy with a resolved call
 
 
 def test_packed_conv_residual_argument():
