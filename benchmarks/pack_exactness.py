@@ -18,6 +18,7 @@ import torch
 
 from onebit.cli import eval_loader, load_for_eval
 from onebit.deploy import cpu_features, get_path, pack
+from onebit.train.loop import git_commit
 
 
 def compare(spec: str, data: str, split: str) -> dict:
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
                   f"max relative logit error {s['max_rel_logit_error']:.2e}, bit-identical {s['bit_identical']}")
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else []
-    old.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "engine_path": get_path(),
+    old.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(), "engine_path": get_path(),
                 "cpu_features": cpu_features(), "command": " ".join(["python", *sys.argv]), "results": rows})
     out.write_text(json.dumps(old, indent=2) + "\n")
     return 0
