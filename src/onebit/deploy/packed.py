@@ -338,9 +338,7 @@ class PackedBinaryConv2d(_Packed):
         xbits = _bits_for_me(x, self) if fast else None
         xa = None if xbits is not None else (x.numpy() if fast else _input_array(x))
         nxt = (emit_for if emit_for is not None else self.__dict__.get("_emit_for")) if fast else None
-        conv = a["bound"].get((shape, xbits is not None, path))
-        if conv is None:
-            conv = self._bind(a, shape, plan, path, xbits is not None)
+        conv = self._bound(a, shape, plan, path, xbits is not None)
         out = conv(xa, xbits, nt, False, res, None, rprelu, nxt is not None, True,
                    None if nxt is None else nxt._arrays(path)["shift"], *(bn or (None, False)))
         if nxt is None and not fast:
@@ -348,6 +346,10 @@ class PackedBinaryConv2d(_Packed):
         if plain and type(x) is torch.Tensor:
             self.__dict__["_resolved"] = _Resolved(self, x, nxt, path, [])
         return _engine_output(out, nxt)
+
+    def _bound(self, a: dict, shape: torch.Size, plan, path: str, packed_input: bool):
+        """The engine's convolution for (shape, packed_input, path): the one bound before, or a new one."""
+        return a["bound"].get((shape, packed_input, path)) or self._bind(a, shape, plan, path, packed_input)
 
     def _bind(self, a: dict, shape: torch.Size, plan, path: str, packed_input: bool):
         """The engine's convolution bound to these weights (the arrays ``a`` of :meth:`_arrays`, which
@@ -654,7 +656,7 @@ class _Resolved:
     32x32 unit in 26 instead of 37 us; the Python around each engine call is a large share of such
     small layers."""
 
-    __slots__ = ("shape", "conv", "path", "nxt", "arrays", "bound", "slots", "stamp")
+    __slots__ = ("shape", "conv", "path", "nxt", "arrays", "slots", "stamp")
 
     def __init__(self, conv: "PackedBinaryConv2d", x: torch.Tensor, nxt, path: str, slots: list):
         self.shape, self.conv, self.nxt, self.path = x.shape, conv, nxt, path
@@ -664,7 +666,6 @@ class _Resolved:
         self.slots = tuple(slots)
         self.stamp = tuple((t, None if t is None else t._version) for t in (d.get(n) for d, n in slots))
         self.arrays = conv._arrays(path)
-        self.bound = {}
 
     def valid(self, x: torch.Tensor, link) -> bool:
         if (type(x) is not torch.Tensor or x.shape != self.shape or x.dtype is not torch.float32 or not x.is_cpu
@@ -678,12 +679,8 @@ class _Resolved:
     def run(self, x: torch.Tensor, res, rprelu, bn) -> torch.Tensor:
         conv, nxt = self.conv, self.nxt
         xbits = _bits_for_me(x, conv)
-        call = self.bound.get(xbits is not None)
-        if call is None:
-            key = (x.shape, xbits is not None, self.path)
-            call = self.arrays["bound"].get(key) or conv._bind(self.arrays, x.shape, conv._plans.get(x.shape)
-                                                                or conv._plan(x), self.path, xbits is not None)
-            self.bound[xbits is not None] = call
+        call = conv._bound(self.arrays, x.shape, conv._plans.get(x.shape) or conv._plan(x), self.path,
+                           xbits is not None)
         xa, nt = None if xbits is not None else x.numpy(), engine._num_threads or engine.get_num_threads()
         if nxt is None and res is None and bn is None:  # (each argument pybind converts costs: the plain call)
             return torch.from_numpy(call(xa, xbits, nt))
