@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -400,6 +402,34 @@ py::array_t<float> py_pool2d(bool is_max, const CArr<float>& x, Pair kernel, Pai
   return out;
 }
 
+// g * s(x) for ReSTE ("reste", with o, t, m) or Bi-Real's ApproxSign ("approx_sign")
+py::array_t<float> py_surrogate_grad(const std::string& kind, const CArr<float>& x, const CArr<float>& g, double o,
+                                     double t, double m, const std::string& path, int num_threads) {
+  require(kind == "reste" || kind == "approx_sign",
+          "surrogate_grad: unknown kind '" + kind + "'; allowed: reste, approx_sign");
+  require(x.ndim() == g.ndim() && std::equal(x.shape(), x.shape() + x.ndim(), g.shape()),
+          "surrogate_grad: x and g must have the same shape");
+  const Surrogate k = kind == "reste" ? Surrogate::ReSTE : Surrogate::ApproxSign;
+  SurrogateParams q;
+  if (k == Surrogate::ReSTE) {
+    // the power's range reduction needs normal floats: 2^-100 <= m keeps every |x| in (m, t] normal
+    require(std::isfinite(o) && o >= 1 && o <= 1e6, "surrogate_grad: ReSTE o must be in [1, 1e6]");
+    require(m >= 0x1p-100 && t > m && t <= 0x1p100, "surrogate_grad: ReSTE needs 2^-100 <= m < t <= 2^100");
+    q = reste_params(o, t, m);
+  }
+  const Path p = parse_path(path);
+  const int nt = check_threads(num_threads);
+  py::array_t<float> out(std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  float* dst = out.mutable_data();
+  const float *xs = x.data(), *gs = g.data();
+  const int64_t n = x.size();
+  {
+    py::gil_scoped_release nogil;
+    surrogate_grad(k, xs, gs, dst, n, q, p, nt);
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_engine, m) {
@@ -473,4 +503,8 @@ PYBIND11_MODULE(_engine, m) {
         return py_pool2d(false, x, k, s, {0, 0}, o, path, nt); }, py::arg("x"), py::arg("kernel_size"),
         py::arg("stride"), py::arg("out_size"), py::arg("path") = "auto", py::arg("num_threads") = 1,
         "Exact average pooling of float32 NCHW x without padding (torch's avg_pool2d order, bit for bit)");
+  m.def("surrogate_grad", &py_surrogate_grad, py::arg("kind"), py::arg("x"), py::arg("g"), py::arg("o") = 1.0,
+        py::arg("t") = 1.5, py::arg("m") = 0.1, py::arg("path") = "auto", py::arg("num_threads") = 1,
+        "Training-time backward of sign in one pass: g * s(x), s ReSTE's rectified power derivative (o, t, m) or "
+        "Bi-Real's ApproxSign max(0, 2 - 2|x|); float32 arrays of one shape; the same bits on every path");
 }

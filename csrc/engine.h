@@ -220,4 +220,15 @@ void maxpool2d(const float* x, int64_t planes, int64_t H, int64_t W, int64_t KH,
 void avgpool2d(const float* x, int64_t planes, int64_t H, int64_t W, int64_t KH, int64_t KW, int64_t sh, int64_t sw,
                int64_t OH, int64_t OW, float* out, Path path, int nthreads);
 
+// ---- training-time surrogate gradients of sign (surrogate.cpp) ---------------------------------
+// out[i] = g[i] * s(x[i]) in one pass; identical bits on every path.
+enum class Surrogate { ReSTE = 0, ApproxSign = 1 };
+struct SurrogateParams {
+  float t = 0, m = 0, flat = 0, inv_o = 0, expo = 0;  // ReSTE's threshold, flat zone and power
+};
+// ReSTE's constants for o >= 1, threshold t and flat zone m (0 < m < t); flat = m^(1/o) / m.
+SurrogateParams reste_params(double o, double t, double m);
+void surrogate_grad(Surrogate kind, const float* x, const float* g, float* out, int64_t n,
+                    const SurrogateParams& q, Path path, int nthreads);
+
 }  // namespace onebit

@@ -245,6 +245,37 @@ void test_pools(std::mt19937& rng, Path path) {
   }
 }
 
+// surrogate gradients: within 1e-6 of a double-precision reference; NaN in, NaN out
+void test_surrogate(std::mt19937& rng, Path path) {
+  const float specials[] = {0.0f, -0.0f, 0.1f, -0.1f, 1.5f, -1.5f, 1e-42f, 3e38f,
+                            std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()};
+  for (int64_t n : {1, 17, 40000}) {
+    std::vector<float> x = randoms(rng, n), g = randoms(rng, n), out(n);
+    for (int64_t i = 0; i < n && i < 10; ++i) x[i] = specials[i];
+    for (double o : {1.0, 2.7}) {
+      const SurrogateParams q = reste_params(o, 1.5, 0.1);
+      surrogate_grad(Surrogate::ReSTE, x.data(), g.data(), out.data(), n, q, path, 2);
+      bool ok = true;
+      for (int64_t i = 0; i < n; ++i) {
+        const double a = std::fabs(static_cast<double>(x[i]));
+        if (a != a) { ok &= out[i] != out[i]; continue; }
+        const double s = a > q.t ? 0.0 : a <= q.m ? q.flat : (1.0 / o) * std::pow(a, (1.0 - o) / o);
+        const double ref = s * g[i];
+        ok &= std::fabs(out[i] - ref) <= 1e-6 * std::fabs(ref);
+      }
+      check(ok, "surrogate_grad reste", path_name(path));
+    }
+    surrogate_grad(Surrogate::ApproxSign, x.data(), g.data(), out.data(), n, SurrogateParams{}, path, 2);
+    bool ok = true;
+    for (int64_t i = 0; i < n; ++i) {
+      const float s = 1.0f - std::fabs(x[i]);
+      const float ref = g[i] * ((s > 0.0f ? s : (s != s ? s : 0.0f)) * 2.0f);
+      ok &= out[i] == ref || (out[i] != out[i] && ref != ref);
+    }
+    check(ok, "surrogate_grad approx_sign", path_name(path));
+  }
+}
+
 void test_thread_pool() {
   for (int nt : {1, 2, 4}) {
     for (int64_t ntasks : {0, 1, 3, 100}) {
@@ -288,6 +319,7 @@ int main() {
     test_bgemm(rng, path);
     test_conv(rng, path);
     test_pools(rng, path);
+    test_surrogate(rng, path);
   }
   std::printf("%s (%d failures)\n", failures ? "FAILED" : "OK", failures);
   return failures ? 1 : 0;

@@ -22,6 +22,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .fused import surrogate
+
 # surrogate(x, g) -> g * d sign(x)/dx as the estimator defines it
 SurrogateGrad = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -76,7 +78,18 @@ def clipped_ste_grad(c: float) -> SurrogateGrad:
 
 
 def approx_sign_grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """ApproxSign (Bi-Real Net, Eq. 6): g * (2 + 2x) on [-1, 0), g * (2 - 2x) on [0, 1), 0 elsewhere."""
+    """ApproxSign (Bi-Real Net, Eq. 6): g * (2 + 2x) on [-1, 0), g * (2 - 2x) on [0, 1), 0 elsewhere.
+
+    On x86 CPUs in float32, one pass on the engine (:mod:`onebit.binarize.fused`); else torch's ops.
+    """
+    fused = surrogate("approx_sign", x, g)
+    if fused is not None:
+        return fused
+    return approx_sign_torch(x, g)
+
+
+def approx_sign_torch(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """approx_sign_grad in torch's ops (any device and dtype; the reference the engine is tested on)."""
     return torch.relu_(1.0 - x.abs()).mul_(g).mul_(2.0)
 
 
@@ -87,7 +100,21 @@ def reste_grad(o: float, t: float = 1.5, m: float = 0.1) -> SurrogateGrad:
     - m < |x| <= t:  f_o'(x) = (1/o) |x|^((1 - o)/o);
     - |x| > t:       0 (gradient threshold t, 1.5 in the authors' code).
     With o = 1 this is the clipped STE with c = t.
+
+    On x86 CPUs in float32 the gradient is computed in one pass on the engine
+    (:mod:`onebit.binarize.fused`), elsewhere by :func:`reste_grad_torch`.
     """
+    torch_grad = reste_grad_torch(o, t, m)
+
+    def grad(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        fused = surrogate("reste", x, g, o, t, m)
+        return fused if fused is not None else torch_grad(x, g)
+
+    return grad
+
+
+def reste_grad_torch(o: float, t: float = 1.5, m: float = 0.1) -> SurrogateGrad:
+    """reste_grad in torch's ops (any device and dtype; the reference the engine is tested on)."""
     flat = m ** (1.0 / o) / m
     expo = (1.0 - o) / o
 
