@@ -1,11 +1,16 @@
 """Training throughput (img/s) of binary ResNet-20 variants (and BinaryViT-CIFAR) against the fp32 ResNet-20.
 
     python benchmarks/train_throughput.py [--batch 128 --threads 2 --steps 30 --compile]
-        [--models "fp32 resnet20" binaryvit_cifar ...]
+        [--models "fp32 resnet20" binaryvit_cifar ...] [--progress 0.5] [--torch-surrogates]
 
 Runs forward + backward + SGD step on random 32x32 batches, interleaving the models over
 several rounds so that drifting machine load affects them alike; reports the median img/s
 per model and each model's ratio to fp32, and writes results/train_throughput.json.
+
+The estimators' schedules are set to training progress ``--progress`` (default 0.5): at 0, ReSTE's
+o is 1 and its backward is the cheap clipped STE, which would understate its cost in a real run.
+``--torch-surrogates`` also times each binary model with its estimators' backward in torch's ops
+instead of the engine's one-pass kernels (onebit.binarize.fused).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import onebit
+from onebit.binarize import fused
 
 MODELS = {
     "fp32 resnet20": ("resnet20", {}),
@@ -36,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_flags, cpu_name, write_json  # noqa: E402
 
 
-def time_steps(model, opt, x, y, steps: int, channels_last: bool) -> float:
+def time_steps(model, opt, x, y, steps: int, channels_last: bool, engine: bool = True) -> float:
+    fused.use_engine(engine)
     model.train()
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -46,7 +53,9 @@ def time_steps(model, opt, x, y, steps: int, channels_last: bool) -> float:
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-    return x.shape[0] * steps / (time.perf_counter() - t0)
+    rate = x.shape[0] * steps / (time.perf_counter() - t0)
+    fused.use_engine(True)
+    return rate
 
 
 def main(argv=None) -> int:
@@ -59,6 +68,10 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd models")
     ap.add_argument("--models", nargs="+", default=DEFAULT, choices=list(MODELS),
                     help="models to time (the fp32 ResNet-20 is always timed: the ratios refer to it)")
+    ap.add_argument("--progress", type=float, default=0.5,
+                    help="training progress in [0, 1] the estimators' schedules are set to")
+    ap.add_argument("--torch-surrogates", action="store_true",
+                    help="also time each binary model with its estimators' backward in torch's ops")
     ap.add_argument("--out", default="results/train_throughput.json")
     args = ap.parse_args(argv)
     models = ["fp32 resnet20"] + [m for m in args.models if m != "fp32 resnet20"]
@@ -67,24 +80,27 @@ def main(argv=None) -> int:
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
 
-    runs = {}
+    runs = {}  # label -> (model, optimizer, engine surrogates on)
     for label in models:
         name, kw = MODELS[label]
         model = onebit.create_model(name, **kw)
+        onebit.set_progress(model, args.progress)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        runs[label] = (model, opt)
+        runs[label] = (model, opt, True)
+        if args.torch_surrogates and label != "fp32 resnet20":
+            runs[label + " [torch surrogates]"] = (model, opt, False)
         if args.compile:
             cm = torch.compile(model)
-            runs[label + " [compiled]"] = (cm, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
+            runs[label + " [compiled]"] = (cm, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), True)
 
-    for label, (model, opt) in runs.items():  # warm-up (and compilation)
-        time_steps(model, opt, x, y, 3, args.channels_last)
+    for label, (model, opt, eng) in runs.items():  # warm-up (and compilation)
+        time_steps(model, opt, x, y, 3, args.channels_last, eng)
     samples = {label: [] for label in runs}
     for _ in range(args.rounds):
-        for label, (model, opt) in runs.items():
-            samples[label].append(time_steps(model, opt, x, y, args.steps, args.channels_last))
+        for label, (model, opt, eng) in runs.items():
+            samples[label].append(time_steps(model, opt, x, y, args.steps, args.channels_last, eng))
 
     fp = statistics.median(samples["fp32 resnet20"])
     rows = []
@@ -96,6 +112,7 @@ def main(argv=None) -> int:
     out = {
         "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads,
         "batch": args.batch, "steps_per_round": args.steps, "channels_last": args.channels_last,
+        "progress": args.progress, "engine_surrogates": fused.engine_enabled(),
         "torch": torch.__version__, "python": platform.python_version(), "results": rows,
     }
     write_json(out, args.out, argv)
