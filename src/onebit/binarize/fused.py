@@ -1,4 +1,5 @@
-"""One-pass surrogate gradients on the C++ engine, for training on x86 CPUs.
+"""Training-time ops on the C++ engine, for x86 CPUs: one-pass surrogate gradients, and the
+binary convolution forward that :mod:`onebit.layers.fused_conv` uses.
 
 The torch versions of ReSTE's and ApproxSign's backward (:mod:`onebit.binarize.sign`) make
 several passes over each activation, each allocating a tensor; on CPU, ReSTE's took 28% of a
@@ -26,13 +27,13 @@ _M_MIN, _T_MAX = 2.0 ** -100, 2.0 ** 100
 
 
 def use_engine(flag: bool) -> None:
-    """Turn the engine's surrogate gradients on (the default) or off (torch's ops everywhere)."""
+    """Turn the engine's training ops on (the default) or off (torch's ops everywhere)."""
     global _enabled
     _enabled = bool(flag)
 
 
 def engine_enabled() -> bool:
-    """True when CPU float32 backward passes of ReSTE and ApproxSign run on the engine."""
+    """True when the engine's training ops run (CPU float32 tensors; see the module docstring)."""
     return _enabled and _FAST
 
 
@@ -49,3 +50,17 @@ def surrogate(kind: str, x: torch.Tensor, g: torch.Tensor, o: float = 1.0, t: fl
     out = _C.surrogate_grad(kind, xs.numpy(), gs.numpy(), float(o), float(t), float(m), "auto",
                             max(1, torch.get_num_threads()))
     return torch.from_numpy(out)
+
+
+def binary_conv2d(xb: torch.Tensor, wb: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """conv2d(xb, wb) for ±1 float32 CPU tensors by XNOR-popcount: exact integer sums as float32,
+    torch's result bit for bit (zero padding contributes 0).  Values other than ±1 are taken by
+    their sign (x >= 0 is +1): the caller guarantees signs."""
+    bits, tapsum = _C.pack_conv_weight(wb.detach().contiguous().numpy())
+    n, _, h, w = xb.shape
+    kh, kw = wb.shape[2], wb.shape[3]
+    out_size = tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                     for size, p, d, k, s in zip((h, w), padding, dilation, (kh, kw), stride))
+    y = _C.conv2d(xb.detach().numpy(), bits, tapsum, int(groups), (kh, kw), tuple(stride), tuple(padding),
+                  tuple(dilation), out_size, num_threads=max(1, torch.get_num_threads()))
+    return torch.from_numpy(y)
