@@ -1,7 +1,7 @@
 """Training throughput (img/s) of binary ResNet-20 variants (and BinaryViT-CIFAR) against the fp32 ResNet-20.
 
     python benchmarks/train_throughput.py [--batch 128 --threads 2 --steps 30 --compile]
-        [--models "fp32 resnet20" binaryvit_cifar ...] [--progress 0.5] [--torch-surrogates]
+        [--models "fp32 resnet20" binaryvit_cifar ...] [--progress 0.5] [--torch-ops]
 
 Runs forward + backward + SGD step on random 32x32 batches, interleaving the models over
 several rounds so that drifting machine load affects them alike; reports the median img/s
@@ -9,8 +9,9 @@ per model and each model's ratio to fp32, and writes results/train_throughput.js
 
 The estimators' schedules are set to training progress ``--progress`` (default 0.5): at 0, ReSTE's
 o is 1 and its backward is the cheap clipped STE, which would understate its cost in a real run.
-``--torch-surrogates`` also times each binary model with its estimators' backward in torch's ops
-instead of the engine's one-pass kernels (onebit.binarize.fused).
+``--torch-ops`` also times each binary model with torch's ops in place of the engine's training ops
+(onebit.binarize.fused: the estimators' one-pass backward, and the forward of convolutions whose
+operands are both signs).
 """
 from __future__ import annotations
 
@@ -70,8 +71,8 @@ def main(argv=None) -> int:
                     help="models to time (the fp32 ResNet-20 is always timed: the ratios refer to it)")
     ap.add_argument("--progress", type=float, default=0.5,
                     help="training progress in [0, 1] the estimators' schedules are set to")
-    ap.add_argument("--torch-surrogates", action="store_true",
-                    help="also time each binary model with its estimators' backward in torch's ops")
+    ap.add_argument("--torch-ops", action="store_true",
+                    help="also time each binary model with torch's ops in place of the engine's training ops")
     ap.add_argument("--out", default="results/train_throughput.json")
     args = ap.parse_args(argv)
     models = ["fp32 resnet20"] + [m for m in args.models if m != "fp32 resnet20"]
@@ -89,8 +90,8 @@ def main(argv=None) -> int:
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         runs[label] = (model, opt, True)
-        if args.torch_surrogates and label != "fp32 resnet20":
-            runs[label + " [torch surrogates]"] = (model, opt, False)
+        if args.torch_ops and label != "fp32 resnet20":
+            runs[label + " [torch ops]"] = (model, opt, False)
         if args.compile:
             cm = torch.compile(model)
             runs[label + " [compiled]"] = (cm, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), True)
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
     out = {
         "cpu": cpu_name(), "cpu_flags": cpu_flags(), "threads": args.threads,
         "batch": args.batch, "steps_per_round": args.steps, "channels_last": args.channels_last,
-        "progress": args.progress, "engine_surrogates": fused.engine_enabled(),
+        "progress": args.progress, "engine_training_ops": fused.engine_enabled(),
         "torch": torch.__version__, "python": platform.python_version(), "results": rows,
     }
     write_json(out, args.out, argv)
