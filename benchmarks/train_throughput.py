@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
 
-    runs = {}  # label -> (model, optimizer, engine surrogates on)
+    runs = {}  # label -> (model, optimizer, engine training ops on)
     for label in models:
         name, kw = MODELS[label]
         model = onebit.create_model(name, **kw)
