@@ -95,6 +95,8 @@ def main(argv=None) -> int:
         if args.compile:
             cm = torch.compile(model)
             runs[label + " [compiled]"] = (cm, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), True)
+            if args.torch_ops and label != "fp32 resnet20":
+                runs[label + " [compiled, torch ops]"] = (cm, runs[label + " [compiled]"][1], False)
 
     for label, (model, opt, eng) in runs.items():  # warm-up (and compilation)
         time_steps(model, opt, x, y, 3, args.channels_last, eng)
