@@ -51,6 +51,14 @@ def test_engine_forward_and_gradients_equal_torch(case, estimator):
         assert torch.equal(a, b)
 
 
+def test_channels_last_and_empty_batches():
+    layer = BinaryConv2d(6, 5, 3, stride=2, padding=1)
+    x = torch.randn(3, 6, 9, 9).contiguous(memory_format=torch.channels_last)
+    for a, b in zip(run(layer, x, True), run(layer, x, False)):
+        assert torch.equal(a, b)
+    assert layer(torch.randn(0, 6, 9, 9)).shape == (0, 5, 5, 5)
+
+
 def test_a_training_step_is_unchanged():
     """A whole Bi-Real ResNet-20 step (clipped STE: no other engine op involved): same loss, same grads."""
     torch.manual_seed(0)

@@ -40,7 +40,7 @@ def engine_enabled() -> bool:
 def surrogate(kind: str, x: torch.Tensor, g: torch.Tensor, o: float = 1.0, t: float = 1.5,
               m: float = 0.1) -> Optional[torch.Tensor]:
     """g * s(x) for ``kind`` "reste" (o, t, m) or "approx_sign", or None where torch should do it."""
-    if not (_enabled and _FAST) or torch.compiler.is_compiling():
+    if not engine_enabled() or torch.compiler.is_compiling():
         return None
     if x.device.type != "cpu" or x.dtype != torch.float32 or g.dtype != torch.float32 or x.shape != g.shape:
         return None
