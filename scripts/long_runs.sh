@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The long CIFAR-10 runs behind issue 4's accuracy bars, one after another, each on every core:
+#   bash scripts/long_runs.sh [DATA_DIR] [RUNS_DIR]        (runs in the foreground; start it with & or nohup)
+#   1. reste-e300:     the ReSTE recipe for 300 epochs (eager: the engine's training ops make it 1.47x faster);
+#   2. fp-e80:         the fp32 teacher for 80 epochs, compiled (the 30-epoch one reaches only 86.02%);
+#   3. reactnet-e240:  the two-stage ReActNet recipe, 120 + 120 epochs, KD from fp-e80, compiled
+#                      (580 img/s compiled against 331 eager on Zen 5).
+# Every run resumes from RUNS_DIR/<run>/last.pt (or from the copy committed under results/wip/<run>),
+# so the queue survives the end of a working session: start it again.  A finished run is recorded
+# (scripts/record_run.sh -> results/runs/<recipe>-<run suffix>.json and the README table).
+# PYTHON sets the interpreter (default .venv/bin/python).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+data=${1:-/tmp/cifar}
+runs=${2:-/work/runs}
+py=${PYTHON:-$here/.venv/bin/python}
+cd "$here"
+if [ ! -d "$data/train" ]; then
+  mkdir -p "$data"
+  tar -xzf "$here/../shared/data/cifar10-jpeg-train.tar.gz" -C "$data"
+fi
+mkdir -p "$runs"
+
+# run NAME RECORD_AS ARGS...: start (ARGS) or resume RUNS/NAME, then record it
+run() {
+  local name=$1 record=$2 out="$runs/$1"
+  shift 2
+  if [ -f "$out/results.json" ]; then echo "$name: finished"; return; fi
+  if [ ! -f "$out/last.pt" ] && [ -d "$here/results/wip/$name" ]; then
+    mkdir -p "$out" && cp "$here/results/wip/$name/"* "$out/"
+  fi
+  if [ -f "$out/recipe.yaml" ]; then
+    "$py" -m onebit.cli train --out "$out" --resume --set "data.root=$data" >> "$runs/$name.log" 2>&1
+  else
+    "$py" -m onebit.cli train --out "$out" --set "data.root=$data" "$@" >> "$runs/$name.log" 2>&1
+  fi
+  echo "$(date -u +%FT%TZ) $name finished" >> "$runs/$name.log"
+  bash "$here/scripts/record_run.sh" "$out" "$record" >> "$runs/$name.log" 2>&1
+}
+
+run reste-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
+  --set train.epochs=300 --set train.threads=2
+run fp-e80 fp-resnet20-cifar10-e80 --recipe fp-resnet20-cifar10 \
+  --set train.epochs=80 --set train.threads=2 --set train.compile=true
+stages='[{name: binary-activations, epochs: 120, set: {model.weight_binarizer: null, train.weight_decay: 1.0e-5}},'
+stages+=' {name: binary-weights-and-activations, epochs: 120, set: {train.weight_decay: 0.0}}]'
+run reactnet-e240 reactnet-resnet20-cifar10-e240 --recipe reactnet-resnet20-cifar10 \
+  --set train.threads=2 --set train.compile=true --set "kd.teacher=$runs/fp-e80/best.pt" --set "stages=$stages"
