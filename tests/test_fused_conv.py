@@ -59,6 +59,11 @@ def test_channels_last_and_empty_batches():
     assert layer(torch.randn(0, 6, 9, 9)).shape == (0, 5, 5, 5)
 
 
+def test_too_small_inputs_get_torchs_error():
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+        BinaryConv2d(4, 4, 5, dilation=2)(torch.randn(1, 4, 6, 6))
+
+
 def test_a_training_step_is_unchanged():
     """A whole Bi-Real ResNet-20 step (clipped STE: no other engine op involved): same loss, same grads."""
     torch.manual_seed(0)

@@ -7,8 +7,9 @@ faster at CIFAR ResNet-20's training shapes.  The backward pass stays torch's
 
 :func:`conv2d` returns None wherever torch's conv must run instead: a binarizer that may output
 other values than ±1 (real weights in a first training stage, BNext's soft progressive phase, a
-user's own module), tensors off the CPU or not float32, string padding, a CPU without AVX2, inside
-torch.compile, or after ``onebit.binarize.fused.use_engine(False)``.
+user's own module), tensors off the CPU or not float32, string padding, an input too small for
+the kernel (torch's error then), a CPU without AVX2, inside torch.compile, or after
+``onebit.binarize.fused.use_engine(False)``.
 """
 from __future__ import annotations
 
@@ -58,4 +59,6 @@ def conv2d(layer: nn.Conv2d, xb: torch.Tensor, wb: torch.Tensor) -> Optional[tor
         return None
     if xb.device.type != "cpu" or xb.dtype != torch.float32 or wb.dtype != torch.float32:
         return None
+    if min(fused.conv_out_size(xb.shape, wb.shape, layer.stride, layer.padding, layer.dilation)) < 1:
+        return None  # torch's conv says what is wrong with the shapes
     return _EngineConv2d.apply(xb, wb, layer.stride, layer.padding, layer.dilation, layer.groups)
