@@ -141,6 +141,17 @@ def test_evaluate_closed_form():
     assert res["loss"] == pytest.approx(F.cross_entropy(logits, torch.tensor([0, 2, 1, 2])).item())
 
 
+@pytest.mark.slow
+def test_compiled_teacher_gives_the_eager_teachers_logits():
+    torch.manual_seed(0)
+    net = onebit.create_model("resnet20")
+    eager, compiled = Teacher(net), Teacher(net, compile=True)
+    assert [n for n, _ in compiled.named_modules()] == [n for n, _ in eager.named_modules()]
+    for n in (4, 3):  # a second batch size, as the last batch of an epoch
+        x = torch.randn(n, 3, 32, 32)
+        assert torch.allclose(compiled(x), eager(x), rtol=1e-4, atol=1e-5)
+
+
 def test_teacher_is_frozen_and_in_eval():
     net = onebit.create_model("resnet20")
     teacher = Teacher(net)

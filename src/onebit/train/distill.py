@@ -31,20 +31,27 @@ KD_LOSSES = {"soft_ce": soft_cross_entropy, "kl": kl_div}
 
 
 class Teacher(nn.Module):
-    """A frozen teacher: eval mode always, no gradients, parameters excluded from optimizers."""
+    """A frozen teacher: eval mode always, no gradients, parameters excluded from optimizers.
 
-    def __init__(self, model: nn.Module):
+    ``compile=True`` runs it through torch.compile (the trainer does so with ``train.compile``): a
+    teacher's forward is a large part of a distilled student's step, and compiled it is faster
+    (``benchmarks/teacher_forward.py``)."""
+
+    def __init__(self, model: nn.Module, compile: bool = False):
         super().__init__()
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        # kept out of the module tree (the compiled wrapper shares self.model's parameters)
+        self.__dict__["_compiled"] = torch.compile(self.model) if compile else None
 
     def train(self, mode: bool = True):  # stays in eval mode whatever the trainer asks
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        run = self.__dict__["_compiled"]
+        return self.model(x) if run is None else run(x)
 
 
 class LogitsKD:

@@ -244,7 +244,8 @@ class Run:
             if not kd.get("teacher"):
                 raise ValueError("kd.teacher is not set: give a checkpoint path, zoo:NAME or a registry name "
                                  "(--set kd.teacher=...)")
-            distiller = LogitsKD(Teacher(build_teacher(str(kd["teacher"])).to(device)), kd.get("temperature", 1.0),
+            teacher = Teacher(build_teacher(str(kd["teacher"])).to(device), compile=tcfg["compile"])
+            distiller = LogitsKD(teacher, kd.get("temperature", 1.0),
                                  kd.get("alpha", 1.0), kd.get("loss", "soft_ce"), tcfg["label_smoothing"])
         # the training forward; evaluation and checkpoints use the model itself (compiled graphs are
         # guarded on the estimators' schedules, so a changed ReSTE o recompiles rather than going stale)
