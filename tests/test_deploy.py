@@ -311,6 +311,31 @@ def test_pack_unfolded_is_bit_exact(name):
             assert torch.equal(pack(model)(x), model(x))
 
 
+@pytest.mark.parametrize("fold_bn", [False, True])
+def test_pack_unit_with_pre_bn_act(fold_bn):
+    """A BinaryUnit with a ReLU between its conv and its BatchNorm (the ReSTE authors' ResNet-20s)
+    packs exactly: its BatchNorm is neither folded into the conv nor fused into the epilogue (that
+    would skip the ReLU), so the packed model computes the training model's floats (only the real
+    stem's BatchNorm folds with fold_bn)."""
+    from onebit.models.blocks import BinaryUnit
+    torch.manual_seed(2)
+    model = randomize(onebit.create_model("bireal_resnet20", pre_bn_act="relu"), seed=2).eval()
+    units = [m for m in model.modules() if isinstance(m, BinaryUnit)]
+    assert units and all(type(u.pre_bn_act) is nn.ReLU for u in units)
+    packed = pack(model, fold_bn=fold_bn)
+    punits = [m for m in packed.modules() if isinstance(m, BinaryUnit)]
+    assert all(type(u) is BinaryUnit and type(u.bn) is nn.BatchNorm2d for u in punits)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        if fold_bn:  # the stem's BatchNorm folds into the real stem conv: equal up to rounding
+            close(packed(x), model(x))
+        else:
+            assert torch.equal(packed(x), model(x))
+        u = units[1]  # the unit computes BN(ReLU(conv(x))) + x
+        h = torch.randn(2, 16, 8, 8)
+        assert torch.equal(u(h), u.bn(torch.relu(u.conv(h))) + h)
+
+
 @pytest.mark.parametrize("name,size", [("bireal_resnet20", 32), ("reactnet_resnet20", 32), ("bireal_resnet18", 64),
                                        ("reactnet_resnet18", 64)])
 def test_pack_fused_units_equal_the_separate_ops(name, size):

@@ -39,6 +39,7 @@ def small(tmp_path_factory):
 
 @pytest.mark.parametrize("name, kwargs", [
     ("bireal_resnet20", {}),
+    ("bireal_resnet20", {"pre_bn_act": "relu"}),  # the file's config rebuilds the ReLU: not a silent identity
     ("reactnet_resnet20", {}),
     ("binaryvit_cifar", {"embed_dims": [16, 32, 32, 64], "depths": [1, 1, 1, 1]}),
 ])

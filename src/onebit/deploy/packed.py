@@ -441,7 +441,8 @@ class PackedBinaryLinear(_Packed):
 # --- whole models -----------------------------------------------------------------------------
 
 def _fold_pairs(model: nn.Module) -> int:
-    """Fold eval BatchNorms into the packed layer right before them: BinaryUnit (bn(conv(x))),
+    """Fold eval BatchNorms into the packed layer right before them: BinaryUnit (bn(conv(x)), not
+    with a pre_bn_act between them),
     BiFC (norm(linear(x)), a BatchNorm over the last dim) and (packed or real conv, BatchNorm2d)
     neighbours inside an nn.Sequential (the stem, the down-sampling shortcuts).  Returns the number folded."""
     from ..layers.bifc import BiFC, TokenBatchNorm
@@ -455,7 +456,8 @@ def _fold_pairs(model: nn.Module) -> int:
     n = 0
     for m in model.modules():
         pairs = []  # (layer name, bn name, packed class, BN classes)
-        if isinstance(m, BinaryUnit) and type(m).forward is BinaryUnit.forward:
+        if (isinstance(m, BinaryUnit) and type(m).forward is BinaryUnit.forward
+                and type(m._modules.get("pre_bn_act")) is nn.Identity):
             pairs.append(("conv", "bn", PackedBinaryConv2d, (nn.BatchNorm2d,)))
         elif isinstance(m, BiFC) and type(m).forward is BiFC.forward:
             pairs.append(("linear", "norm", PackedBinaryLinear, (TokenBatchNorm,)))
@@ -715,7 +717,8 @@ class _FusedCall(_Resolved):
     def __call__(self, unit: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
         conv, bnm, sc, act = self.mods
         m = unit._modules
-        if m["conv"] is not conv or m["bn"] is not bnm or m["shortcut"] is not sc or m["act"] is not act:
+        if (m["conv"] is not conv or m["bn"] is not bnm or m["shortcut"] is not sc or m["act"] is not act
+                or type(m["pre_bn_act"]) is not nn.Identity):
             return None
         if (_has_hooks(conv) or (self.bn is not None and (bnm.training or bnm.eps != self.eps))
                 or not self.valid(x, unit.__dict__.get("_emit_for"))):
@@ -745,7 +748,7 @@ def _fused_unit_class():
                     return y
                 del self.__dict__["_fused_call"]
             conv = self.conv
-            if type(conv) is PackedBinaryConv2d:
+            if type(conv) is PackedBinaryConv2d and type(self.pre_bn_act) is nn.Identity:
                 bn = None if type(self.bn) is nn.Identity else _bn_epilogue(self.bn)
                 if bn is not None or type(self.bn) is nn.Identity:
                     sc = self.shortcut
@@ -799,6 +802,7 @@ def _fuse_units(model: nn.Module) -> int:
     n = 0
     for m in model.modules():
         if (type(m) is BinaryUnit and type(m._modules.get("conv")) is PackedBinaryConv2d
+                and type(m._modules.get("pre_bn_act")) is nn.Identity
                 and (type(m._modules.get("bn")) is nn.Identity or _bn_epilogue(m._modules.get("bn")) is not None)):
             m.__class__ = unit_cls
             n += 1

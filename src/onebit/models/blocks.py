@@ -4,9 +4,10 @@
   option B (real 1x1 conv + BN) or Bi-Real's down-sampling (2x2 average pool + real 1x1
   conv + BN).
 - :class:`BinaryUnit`: one binary conv with its own real-valued shortcut (Bi-Real Net):
-  y = act(BN(BinaryConv(x)) + shortcut(x)).  ``act`` is identity (Bi-Real), hardtanh
-  (IR-Net) or RPReLU (ReActNet); ``conv_layer`` lets other families (ES-BNN's
-  expand-and-shrink conv) swap the conv without copying the unit.
+  y = act(BN(pre_bn_act(BinaryConv(x))) + shortcut(x)).  ``act`` is identity (Bi-Real),
+  hardtanh (IR-Net) or RPReLU (ReActNet); ``pre_bn_act`` is identity except in the ReSTE
+  authors' ResNet-20s, whose branches are conv -> ReLU -> BN; ``conv_layer`` lets other
+  families (ES-BNN's expand-and-shrink conv) swap the conv without copying the unit.
 - :class:`BinaryBasicBlock`: two BinaryUnits (a ResNet basic block, Bi-Real style).
 - :class:`BasicBlock`: the full-precision He et al. basic block (teachers).
 """
@@ -68,19 +69,24 @@ def make_act(kind: str, channels: int) -> nn.Module:
 
 
 class BinaryUnit(nn.Module):
-    """act(BN(BinaryConv_kxk(x)) + shortcut(x)) -- one binary conv with its own shortcut."""
+    """act(BN(pre_bn_act(BinaryConv_kxk(x))) + shortcut(x)) -- one binary conv with its own shortcut.
+
+    ``pre_bn_act`` (identity by default) sits between the conv and its BatchNorm, as the ReLU
+    of the ReSTE authors' ResNet-20s (``BN(ReLU(conv(x))) + x``, reference.md section on ReSTE).
+    """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, *, binary: dict, kernel_size: int = 3,
-                 shortcut: str = "avgpool_conv", act: str = "identity",
+                 shortcut: str = "avgpool_conv", act: str = "identity", pre_bn_act: str = "identity",
                  conv_layer: Callable[..., nn.Module] = BinaryConv2d):
         super().__init__()
         self.conv = conv_layer(in_ch, out_ch, kernel_size, stride, kernel_size // 2, bias=False, **binary)
+        self.pre_bn_act = make_act(pre_bn_act, out_ch)
         self.bn = nn.BatchNorm2d(out_ch)
         self.shortcut = Shortcut(in_ch, out_ch, stride, shortcut)
         self.act = make_act(act, out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)) + self.shortcut(x))
+        return self.act(self.bn(self.pre_bn_act(self.conv(x))) + self.shortcut(x))
 
 
 class BinaryBasicBlock(nn.Sequential):

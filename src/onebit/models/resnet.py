@@ -15,7 +15,8 @@ default, ``binary_stem`` / ``binary_head`` make them binary):
 Down-sampling shortcut: ``avgpool_conv`` (2x2 average pool + real 1x1 conv + BN; Bi-Real,
 ImageNet default) or ``zeropad`` (option A; IR-Net / ES-BNN ResNet-20, the CIFAR ResNet-20
 default).  Any factory accepts ``input_binarizer``, ``weight_binarizer``, ``scale``,
-``center``, ``scale_grad``, ``act``, ``shortcut``, ``num_classes``, ``head_bn``.
+``center``, ``scale_grad``, ``act``, ``pre_bn_act`` (e.g. ``"relu"``: the ReSTE authors'
+conv -> ReLU -> BN branches), ``shortcut``, ``num_classes``, ``head_bn``.
 """
 from __future__ import annotations
 
