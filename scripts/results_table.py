@@ -33,7 +33,11 @@ def table() -> str:
         m = r["metrics"]
         cpu = r.get("machine", {}).get("cpu", "?")
         gpu = r.get("machine", {}).get("cuda")
-        rows.append(f"| {r['recipe']} | {r['model']} | {r['epochs']} | {fmt(m.get('best_val_top1'))} | "
+        model = r["model"]
+        pre = (r.get("model_kwargs") or {}).get("pre_bn_act", "identity")
+        if pre != "identity":  # conv -> act -> BN branches (the ReSTE authors' ResNet-20)
+            model += f" (conv-{pre}-BN)"
+        rows.append(f"| {r['recipe']} | {model} | {r['epochs']} | {fmt(m.get('best_val_top1'))} | "
                     f"{fmt(m.get('final_val_top1'))} | {r['n_val']} | {r['wall_time_s'] / 3600:.1f} h | "
                     f"{gpu or cpu} | {r['commit']} | `results/runs/{p.name}` |")
     if not rows:

@@ -198,6 +198,8 @@ def test_train_writes_run_dir_and_results(tmp_path):
     assert saved == res
     for key in ("recipe", "overrides", "commit", "epochs", "wall_time_s", "machine", "metrics"):
         assert key in res
+    model_cfg = load_recipe(str(tiny_recipe(tmp_path)))["model"]  # the model's options, for the results table
+    assert all(res["model_kwargs"][k] == v for k, v in model_cfg.items() if k != "name")
     assert res["epochs"] == 2
     r = rows(out)
     assert [x["epoch"] for x in r] == [1, 2]

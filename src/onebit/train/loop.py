@@ -411,6 +411,7 @@ class Run:
             "recipe": self.recipe["name"],
             "overrides": self.recipe.get("overrides", []),
             "model": self.meta["model"],
+            "model_kwargs": self.meta["model_kwargs"],
             "commit": git_commit(),
             "epochs": len(rows),
             "wall_time_s": round(wall, 1),
