@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The long CIFAR-10 runs behind issue 4's accuracy bars, one after another, each on every core:
 #   bash scripts/long_runs.sh [DATA_DIR] [RUNS_DIR]        (runs in the foreground; start it with & or nohup)
-#   1. reste-e300:     the ReSTE recipe for 300 epochs (eager: the engine's training ops make it 1.47x faster);
-#   2. fp-e80:         the fp32 teacher for 80 epochs, compiled (the 30-epoch one reaches only 86.02%);
-#   3. reactnet-e240:  the two-stage ReActNet recipe, 120 + 120 epochs, KD from fp-e80, compiled
-#                      (580 img/s compiled against 331 eager on Zen 5).
+#   1. fp-e80:          the fp32 teacher for 80 epochs, compiled (the 30-epoch one reaches only 86.02%);
+#   2. reste-relu-e300: the ReSTE recipe (conv -> ReLU -> BN branches) for 300 epochs (eager: the
+#                       engine's training ops make it 1.47x faster);
+#   3. reactnet-e240:   the two-stage ReActNet recipe, 120 + 120 epochs, KD from fp-e80, compiled
+#                       (580 img/s compiled against 331 eager on Zen 5).
+# (reste-e300, the same recipe before its branches had the ReLU, was stopped at epoch 130:
+# results/stopped/reste-identity-e300.)
 # Every run resumes from RUNS_DIR/<run>/last.pt (or from the copy committed under results/wip/<run>),
 # so the queue survives the end of a working session: start it again.  A finished run is recorded
 # (scripts/record_run.sh -> results/runs/<recipe>-<run suffix>.json and the README table).
@@ -38,10 +41,10 @@ run() {
   bash "$here/scripts/record_run.sh" "$out" "$record" >> "$runs/$name.log" 2>&1
 }
 
-run reste-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
-  --set train.epochs=300 --set train.threads=2
 run fp-e80 fp-resnet20-cifar10-e80 --recipe fp-resnet20-cifar10 \
   --set train.epochs=80 --set train.threads=2 --set train.compile=true
+run reste-relu-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
+  --set train.epochs=300 --set train.threads=2
 stages='[{name: binary-activations, epochs: 120, set: {model.weight_binarizer: null, train.weight_decay: 1.0e-5}},'
 stages+=' {name: binary-weights-and-activations, epochs: 120, set: {train.weight_decay: 0.0}}]'
 run reactnet-e240 reactnet-resnet20-cifar10-e240 --recipe reactnet-resnet20-cifar10 \
