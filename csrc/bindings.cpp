@@ -204,7 +204,7 @@ struct BoundConv2d {
                  bool accumulate, const std::optional<py::array>& residual, const std::optional<py::array>& out_arr,
                  const std::optional<CArr<float>>& rprelu, bool emit_bits, bool want_float,
                  const std::optional<CArr<float>>& out_shift, const std::optional<CArr<float>>& bn,
-                 bool bn_fma) const {
+                 bool bn_fma, bool pre_relu) const {
     ConvParams q = p;
     if (!packed_input) {
       require(x.has_value() && !x_bits, "conv2d: this convolution reads a float32 input x, not x_bits");
@@ -228,8 +228,8 @@ struct BoundConv2d {
     const float* xd = x ? x->data() : nullptr;
     const uint64_t* xb = x_bits ? x_bits->data() : nullptr;
     const std::vector<py::ssize_t> shape{p.N, p.F, p.OH, p.OW};
-    require(!accumulate || (!residual && !out_arr && !rprelu && !emit_bits && !bn), "conv2d: residual, out, rprelu, "
-            "bn and emit_bits are for the float output, not with accumulate=True");
+    require(!accumulate || (!residual && !out_arr && !rprelu && !emit_bits && !bn && !pre_relu), "conv2d: residual, "
+            "out, rprelu, bn, pre_relu and emit_bits are for the float output, not with accumulate=True");
     require(emit_bits || (want_float && !out_shift), "conv2d: out_shift (and want_float=False) go with emit_bits=True");
     require(want_float || !out_arr, "conv2d: out is the float output; it cannot go with want_float=False");
     const float* act = nullptr;
@@ -292,7 +292,7 @@ struct BoundConv2d {
     {
       py::gil_scoped_release nogil;
       conv2d(q, xd, sh, wbits.data(), ws, tapsum.data(), sc, bi, o, nullptr, path, nt, res, act, xb, ob, osh, bnp,
-             bn_fma ? 2 : 1);
+             bn_fma ? 2 : 1, pre_relu);
     }
     if (!emit_bits) return std::move(out);
     if (!want_float) return std::move(bits);
@@ -311,7 +311,7 @@ py::object py_conv2d(const std::optional<FArr>& x, const CArr<uint64_t>& wbits, 
                      const std::optional<py::array>& out_arr, const std::optional<CArr<float>>& rprelu,
                      const std::optional<CArr<uint64_t>>& x_bits, int64_t in_channels, bool emit_bits,
                      bool want_float, const std::optional<CArr<float>>& out_shift,
-                     const std::optional<CArr<float>>& bn, bool bn_fma) {
+                     const std::optional<CArr<float>>& bn, bool bn_fma, bool pre_relu) {
   require(x.has_value() != x_bits.has_value(), "conv2d: give exactly one of x (float32) and x_bits (packed)");
   std::vector<int64_t> shape;
   if (x) {
@@ -325,7 +325,7 @@ py::object py_conv2d(const std::optional<FArr>& x, const CArr<uint64_t>& wbits, 
   const BoundConv2d conv(shape, x_bits.has_value(), wbits, tapsum, groups, kernel, stride, padding, dilation, out_size,
                          shift, scale, bias, path, wsplit);
   return conv.run(x, x_bits, num_threads, accumulate, residual, out_arr, rprelu, emit_bits, want_float, out_shift, bn,
-                  bn_fma);
+                  bn_fma, pre_relu);
 }
 
 // [2, F]: alpha, beta of an eval BatchNorm as torch's CPU kernel derives them (see engine.h)
@@ -472,7 +472,7 @@ PYBIND11_MODULE(_engine, m) {
            py::arg("accumulate") = false, py::arg("residual") = py::none(), py::arg("out") = py::none(),
            py::arg("rprelu") = py::none(), py::arg("emit_bits") = false, py::arg("want_float") = true,
            py::arg("out_shift") = py::none(), py::arg("bn") = py::none(), py::arg("bn_fma") = false,
-           "conv2d on one input of the bound shape (see conv2d)");
+           py::arg("pre_relu") = false, "conv2d on one input of the bound shape (see conv2d)");
   m.def("bn_terms", &py_bn_terms, py::arg("weight"), py::arg("bias"), py::arg("mean"), py::arg("var"),
         py::arg("eps"), py::arg("fma"),
         "float32 [2, F]: alpha and beta of an eval BatchNorm as torch's CPU kernel derives them "
@@ -484,10 +484,10 @@ PYBIND11_MODULE(_engine, m) {
         py::arg("wsplit") = py::none(), py::arg("residual") = py::none(), py::arg("out") = py::none(),
         py::arg("rprelu") = py::none(), py::arg("x_bits") = py::none(), py::arg("in_channels") = -1,
         py::arg("emit_bits") = false, py::arg("want_float") = true, py::arg("out_shift") = py::none(),
-        py::arg("bn") = py::none(), py::arg("bn_fma") = false,
+        py::arg("bn") = py::none(), py::arg("bn_fma") = false, py::arg("pre_relu") = false,
         "Binary convolution of float32 NCHW x (or of x_bits, its signs packed channels-last, with in_channels) "
         "against packed weights; float32 NCHW output "
-        "(acc * scale + bias) [+ residual] [-> RPReLU with rprelu = [gamma, slope, zeta] of shape [3, F]], written "
+        "(acc * scale + bias) [-> ReLU with pre_relu] [-> BatchNorm with bn = [alpha, beta]] [+ residual] [-> RPReLU with rprelu = [gamma, slope, zeta] of shape [3, F]], written "
         "into out if given (it may be the residual), or the exact int32 accumulators with accumulate=True; "
         "emit_bits=True also returns the output's signs (y + out_shift >= 0) packed channels-last "
         "[N, OH, OW, ceil(F/64)] for the next binary layer: (float, bits), or the bits alone with want_float=False");

@@ -15,7 +15,7 @@
 //      bits w contributes -sum_c sign(w[f, c, tap]) = -tapsum[f][tap].  So acc = raw + the sum of
 //      tapsum[f][tap] over the pixel's out-of-image taps.  Pixels fall into a few border classes
 //      (which kernel rows and columns are outside); one correction vector per class;
-//   5. y = acc * scale[f] + bias[f] (+ residual, RPReLU), written NCHW;
+//   5. y = acc * scale[f] + bias[f] (-> ReLU, BatchNorm, + residual, RPReLU), written NCHW;
 //   6. optionally the signs of y (+ the next layer's threshold shift) packed channels-last, the
 //      next binary layer's step 1 done while the tile is in cache.
 // Channel tails (Cg not a multiple of 64): the unused bits are 0 in both the activation and the
@@ -103,7 +103,8 @@ int64_t filters_per_tile(int64_t nf, int64_t other_tiles, int nthreads) {
   return fb;
 }
 
-// The float epilogue of one output channel, on n pixels: y = float(a[i]) * s + b, then (Bn) an eval
+// The float epilogue of one output channel, on n pixels: y = float(a[i]) * s + b, then (Relu) torch's
+// ReLU, y < 0 ? 0 : y (-0 and NaN pass, as in torch), then (Bn) an eval
 // BatchNorm as torch's CPU kernel applies it, y * alpha + beta with its own per-channel alpha and beta
 // (Bn = 1: a product and a sum; Bn = 2: one fused multiply-add, as torch's FMA builds compute it; see
 // bn_terms), then (Res) y + r[i], then (Act) RPReLU as torch computes it: t = y - gamma;
@@ -118,10 +119,11 @@ struct ChannelParams {  // the per-channel constants of the epilogue
   float alpha, beta;     // BatchNorm (Bn > 0)
   RPReLUParams act;      // RPReLU (Act)
 };
-template <bool Res, bool Act, int Bn>
+template <bool Res, bool Act, int Bn, bool Relu>
 ONEBIT_INLINE void epilogue_body(const int32_t* a, const float* r, float* o, int64_t n, const ChannelParams& c) {
   for (int64_t i = 0; i < n; ++i) {
     float y = static_cast<float>(a[i]) * c.s + c.b;
+    if (Relu) y = y < 0.0f ? 0.0f : y;
     if (Bn == 1) y = y * c.alpha + c.beta;
     if (Bn == 2) y = std::fma(y, c.alpha, c.beta);
     if (Res) y = y + r[i];
@@ -132,36 +134,41 @@ ONEBIT_INLINE void epilogue_body(const int32_t* a, const float* r, float* o, int
     o[i] = y;
   }
 }
-template <bool Res, bool Act, int Bn>
+template <bool Res, bool Act, int Bn, bool Relu>
 void epilogue_portable(const int32_t* a, const float* r, float* o, int64_t n, const ChannelParams& c) {
-  epilogue_body<Res, Act, Bn>(a, r, o, n, c);
+  epilogue_body<Res, Act, Bn, Relu>(a, r, o, n, c);
 }
 #if ONEBIT_X86
-template <bool Res, bool Act, int Bn>
+template <bool Res, bool Act, int Bn, bool Relu>
 __attribute__((target("avx2,fma"))) void epilogue_avx2(const int32_t* a, const float* r, float* o, int64_t n,
                                                        const ChannelParams& c) {
-  epilogue_body<Res, Act, Bn>(a, r, o, n, c);
+  epilogue_body<Res, Act, Bn, Relu>(a, r, o, n, c);
 }
 #endif
 using EpilogueFn = void (*)(const int32_t*, const float*, float*, int64_t, const ChannelParams&);
-template <bool Res, bool Act, int Bn>
+template <bool Res, bool Act, int Bn, bool Relu>
 EpilogueFn epilogue_for(Path path) {
 #if ONEBIT_X86
-  if (path != Path::Portable && cpu_features().avx2 && cpu_features().fma) return epilogue_avx2<Res, Act, Bn>;
+  if (path != Path::Portable && cpu_features().avx2 && cpu_features().fma) return epilogue_avx2<Res, Act, Bn, Relu>;
 #else
   (void)path;
 #endif
-  return epilogue_portable<Res, Act, Bn>;
+  return epilogue_portable<Res, Act, Bn, Relu>;
 }
-template <int Bn>
+template <int Bn, bool Relu>
 EpilogueFn epilogue_bn(Path path, bool residual, bool rprelu) {
-  if (rprelu) return residual ? epilogue_for<true, true, Bn>(path) : epilogue_for<false, true, Bn>(path);
-  return residual ? epilogue_for<true, false, Bn>(path) : epilogue_for<false, false, Bn>(path);
+  if (rprelu) return residual ? epilogue_for<true, true, Bn, Relu>(path) : epilogue_for<false, true, Bn, Relu>(path);
+  return residual ? epilogue_for<true, false, Bn, Relu>(path) : epilogue_for<false, false, Bn, Relu>(path);
 }
-EpilogueFn epilogue_fn(Path path, bool residual, bool rprelu, int bn_mode) {
-  if (bn_mode == 2) return epilogue_bn<2>(path, residual, rprelu);
-  if (bn_mode == 1) return epilogue_bn<1>(path, residual, rprelu);
-  return epilogue_bn<0>(path, residual, rprelu);
+template <bool Relu>
+EpilogueFn epilogue_relu(Path path, bool residual, bool rprelu, int bn_mode) {
+  if (bn_mode == 2) return epilogue_bn<2, Relu>(path, residual, rprelu);
+  if (bn_mode == 1) return epilogue_bn<1, Relu>(path, residual, rprelu);
+  return epilogue_bn<0, Relu>(path, residual, rprelu);
+}
+EpilogueFn epilogue_fn(Path path, bool residual, bool rprelu, int bn_mode, bool pre_relu) {
+  return pre_relu ? epilogue_relu<true>(path, residual, rprelu, bn_mode)
+                  : epilogue_relu<false>(path, residual, rprelu, bn_mode);
 }
 
 inline float scale_of(const float* scale, int64_t f) { return scale ? scale[f] : 1.0f; }
@@ -499,7 +506,7 @@ struct Border {
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits, const uint64_t* wsplit,
             const int32_t* tapsum, const float* scale, const float* bias, float* out_f, int32_t* out_i, Path path,
             int nthreads, const float* residual, const float* rprelu, const uint64_t* xbits, uint64_t* out_bits,
-            const float* out_shift, const float* bn, int bn_mode) {
+            const float* out_shift, const float* bn, int bn_mode, bool pre_relu) {
   const int64_t G = p.groups, Cg = p.C / G, Fg = p.F / G, Wg = words_for(Cg);
   const int64_t taps = p.KH * p.KW, kw = taps * Wg;
   const int32_t Kbits = static_cast<int32_t>(taps * Cg);
@@ -582,7 +589,7 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   // packed from the float result afterwards (into a scratch buffer when out_f is null)
   const bool bits_fused = out_bits && (G == 1 || Fg % 64 == 0);
   if (out_bits && !bits_fused && !out_f) out_f = scratch().get<float>(3, p.N * p.F * OHW);
-  const EpilogueFn epilogue = epilogue_fn(path, residual != nullptr, rprelu != nullptr, bn ? bn_mode : 0);
+  const EpilogueFn epilogue = epilogue_fn(path, residual != nullptr, rprelu != nullptr, bn ? bn_mode : 0, pre_relu);
   const int64_t ntasks = G * fblocks * p.N * mblocks;
   parallel_for(ntasks, nthreads, [&](int64_t t) {
     const int64_t mi = t % mblocks;

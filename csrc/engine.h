@@ -189,11 +189,13 @@ struct ConvParams {
 // scale / bias, before the residual: y * alpha + beta rounded twice (bn_mode 1) or once, as a fused
 // multiply-add (bn_mode 2): torch's CPU BatchNorm is one or the other depending on its build, and
 // bn_terms computes alpha and beta as it does.
+// pre_relu (float output only): torch's ReLU (y < 0 ? 0 : y) on acc * scale[f] + bias[f], before the
+// BatchNorm: a conv -> ReLU -> BN branch (the ReSTE authors' ResNet-20s).
 void conv2d(const ConvParams& p, const float* x, const float* shift, const uint64_t* wbits,
             const uint64_t* wsplit, const int32_t* tapsum, const float* scale, const float* bias, float* out_f,
             int32_t* out_i, Path path, int nthreads, const float* residual = nullptr,
             const float* rprelu = nullptr, const uint64_t* xbits = nullptr, uint64_t* out_bits = nullptr,
-            const float* out_shift = nullptr, const float* bn = nullptr, int bn_mode = 0);
+            const float* out_shift = nullptr, const float* bn = nullptr, int bn_mode = 0, bool pre_relu = false);
 
 // alpha, beta [F] of an eval BatchNorm as torch's CPU kernel derives them from its parameters:
 // alpha = weight * (1 / sqrt(var + eps)) and beta = bias - mean * alpha, in float, the latter as one

@@ -314,9 +314,10 @@ def test_pack_unfolded_is_bit_exact(name):
 @pytest.mark.parametrize("fold_bn", [False, True])
 def test_pack_unit_with_pre_bn_act(fold_bn):
     """A BinaryUnit with a ReLU between its conv and its BatchNorm (the ReSTE authors' ResNet-20s)
-    packs exactly: its BatchNorm is neither folded into the conv nor fused into the epilogue (that
-    would skip the ReLU), so the packed model computes the training model's floats (only the real
-    stem's BatchNorm folds with fold_bn)."""
+    packs exactly: its BatchNorm is not folded into the conv (the ReLU sits between them) but
+    applied in the engine's epilogue after the ReLU, as torch applies both, so the packed model
+    computes the training model's floats (only the real stem's BatchNorm folds with fold_bn); the
+    fused units equal the same units run op by op (fuse_units=False)."""
     from onebit.models.blocks import BinaryUnit
     torch.manual_seed(2)
     model = randomize(onebit.create_model("bireal_resnet20", pre_bn_act="relu"), seed=2).eval()
@@ -324,16 +325,48 @@ def test_pack_unit_with_pre_bn_act(fold_bn):
     assert units and all(type(u.pre_bn_act) is nn.ReLU for u in units)
     packed = pack(model, fold_bn=fold_bn)
     punits = [m for m in packed.modules() if isinstance(m, BinaryUnit)]
-    assert all(type(u) is BinaryUnit and type(u.bn) is nn.BatchNorm2d for u in punits)
+    assert all(type(u).__name__ == "PackedBinaryUnit" and type(u.bn) is nn.BatchNorm2d for u in punits)
+    unfused = pack(model, fold_bn=fold_bn, fuse_units=False)
+    assert all(type(u) is BinaryUnit for u in unfused.modules() if isinstance(u, BinaryUnit))
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
-        if fold_bn:  # the stem's BatchNorm folds into the real stem conv: equal up to rounding
-            close(packed(x), model(x))
-        else:
-            assert torch.equal(packed(x), model(x))
+        for _ in range(2):  # the second call runs the resolved fused calls
+            assert torch.equal(packed(x), unfused(x))
+            if fold_bn:  # the stem's BatchNorm folds into the real stem conv: equal up to rounding
+                close(packed(x), model(x))
+            else:
+                assert torch.equal(packed(x), model(x))
         u = units[1]  # the unit computes BN(ReLU(conv(x))) + x
         h = torch.randn(2, 16, 8, 8)
         assert torch.equal(u(h), u.bn(torch.relu(u.conv(h))) + h)
+        pu = punits[1]  # a changed pre_bn_act is followed, not the cached fused call
+        pu.pre_bn_act = nn.Identity()
+        assert torch.equal(pu(h), pu.bn(pu.conv(h)) + h)
+
+
+def test_conv_epilogue_pre_relu_is_torchs_relu():
+    """conv(x, pre_relu=True, bn=..., residual=r) == BN(relu(conv(x))) + r bit for bit, with and
+    without the residual and the BatchNorm."""
+    from onebit.deploy.packed import _bn_epilogue
+    torch.manual_seed(7)
+    layer = make_conv((16, 12, 3, 1, 1, 1, 1, True, RSIGN, "channel"))
+    packed = PackedBinaryConv2d.from_layer(layer)
+    bn = randomize(nn.Sequential(nn.BatchNorm2d(12)), seed=7)[0].eval()
+    x = torch.randn(2, 16, 7, 7)
+    for path in PATHS:  # the portable epilogue and the 8-wide one
+        engine.set_path(path)
+        try:
+            with torch.no_grad():
+                y = packed(x)
+                assert (y < 0).any() and (y > 0).any()
+                r = torch.randn_like(y)
+                terms = _bn_epilogue(bn)
+                assert torch.equal(packed(x, pre_relu=True), torch.relu(y))
+                assert torch.equal(packed(x, pre_relu=True, bn=terms), bn(torch.relu(y)))
+                assert torch.equal(packed(x, residual=r, pre_relu=True, bn=terms), bn(torch.relu(y)) + r)
+                assert torch.equal(packed(x, residual=r, pre_relu=True), torch.relu(y) + r)
+        finally:
+            engine.set_path("auto")
 
 
 @pytest.mark.parametrize("name,size", [("bireal_resnet20", 32), ("reactnet_resnet20", 32), ("bireal_resnet18", 64),

@@ -64,6 +64,7 @@ void test_bgemm(std::mt19937& rng, Path path) {
 
 // n, c, h, w, f, k, stride, pad, dilation, groups
 void test_conv(std::mt19937& rng, Path path) {
+  bool relu_clipped = false;  // the ReLU check met negative values somewhere (it is not vacuous)
   const int64_t cases[][10] = {{1, 3, 5, 6, 4, 3, 1, 1, 1, 1},   {2, 63, 7, 7, 5, 3, 2, 1, 1, 1},
                                {1, 65, 9, 8, 6, 3, 1, 2, 1, 1},  {1, 130, 6, 5, 8, 3, 2, 1, 1, 2},
                                {1, 4, 10, 9, 4, 5, 1, 2, 2, 2},  {1, 8, 7, 7, 6, 1, 2, 0, 1, 1},
@@ -156,6 +157,19 @@ void test_conv(std::mt19937& rng, Path path) {
         ok &= y1[i] == (prod + bnp[p.F + f]) + r[i] && y2[i] == std::fma(y[i], bnp[f], bnp[p.F + f]) + r[i];
       }
       check(ok, "conv2d batchnorm epilogue", path_name(path));
+      // ReLU before the BatchNorm (a conv -> ReLU -> BN branch): y < 0 ? 0 : y, then the stages above
+      std::vector<float> y3(y.size());
+      conv2d(p, x.data(), shift.data(), wbits.data(), nullptr, tapsum.data(), scale.data(), bias.data(), y3.data(),
+             nullptr, path, nt, r.data(), nullptr, nullptr, nullptr, nullptr, bnp.data(), 1, true);
+      ok = true;
+      for (size_t i = 0; i < y.size(); ++i) {
+        const int64_t f = (static_cast<int64_t>(i) / (p.OH * p.OW)) % p.F;
+        const float v = y[i] < 0.0f ? 0.0f : y[i];
+        const float prod = v * bnp[f];
+        relu_clipped |= y[i] < 0.0f;
+        ok &= y3[i] == (prod + bnp[p.F + f]) + r[i];
+      }
+      check(ok, "conv2d relu before batchnorm", path_name(path));
       // packed-bits output: the signs of ya + a threshold, channels-last, with and without the float;
       // then those bits as the input of a layer with F input channels (accumulators against the floats)
       const int64_t wf = words_for(p.F), npix = p.N * p.OH * p.OW;
@@ -193,6 +207,7 @@ void test_conv(std::mt19937& rng, Path path) {
       check(a1 == a2, "conv2d packed-bits input", path_name(path));
     }
   }
+  check(relu_clipped, "conv2d relu before batchnorm met negative values", path_name(path));
 }
 
 // pools against direct references (torch's semantics: first max in row-major order, NaN wins;

@@ -221,7 +221,8 @@ EMITS = ("float", "bits", "both")
 def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=0, dilation=1,
            out_size: Optional[Sequence[int]] = None, shift=None, scale=None, bias=None,
            accumulate: bool = False, wsplit=None, residual=None, out=None, rprelu=None, emit: str = "float",
-           out_shift=None, path: Optional[str] = None, num_threads: Optional[int] = None):
+           out_shift=None, pre_relu: bool = False, path: Optional[str] = None,
+           num_threads: Optional[int] = None):
     """Binary convolution of float32 NCHW ``x`` (any strides) against packed weights.
 
     Activations are binarized as x + shift[c] >= 0; ``x`` may also be :class:`PackedActivations`
@@ -232,6 +233,8 @@ def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=
     ``residual`` (C-contiguous float32, the output's shape) is added in the epilogue, rounded as
     ``(acc * scale + bias) + residual`` computed in two steps; ``out`` (same kind of array, it may
     be the residual itself, not the input) receives the result in place of a new array.
+    ``pre_relu=True`` applies torch's ReLU to ``acc * scale + bias`` first (y < 0 -> 0; -0 and NaN
+    pass), before the residual.
     ``rprelu`` (float32 [3, F]: gamma, slope, zeta) applies RPReLU last, as ``RPReLU`` does in torch:
     ``t = y - gamma; (t if t > 0 else slope * t) + zeta``.
     ``emit``: ``'float'`` (the float output), ``'bits'`` (only the signs of that output as the next
@@ -269,7 +272,7 @@ def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=
                   (sh, sw), (ph, pw), (dh, dw), (oh, ow), _opt_f32(shift), _opt_f32(scale), _opt_f32(bias),
                   bool(accumulate), _resolve(path), _threads(num_threads), ws, res, o,
                   None if rprelu is None else as_f32(rprelu),
-                  xbits, in_ch, emit != "float", emit != "bits", _opt_f32(out_shift))
+                  xbits, in_ch, emit != "float", emit != "bits", _opt_f32(out_shift), None, False, bool(pre_relu))
     f = as_u64(wbits).shape[0]
     if emit == "bits":
         return PackedActivations(y, f)

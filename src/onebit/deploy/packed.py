@@ -288,11 +288,14 @@ class PackedBinaryConv2d(_Packed):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 rprelu: Optional[np.ndarray] = None, emit_for: Optional["PackedBinaryConv2d"] = None,
-                bn: Optional[Tuple[np.ndarray, bool]] = None, _fusable: Optional[bool] = None) -> torch.Tensor:
+                bn: Optional[Tuple[np.ndarray, bool]] = None, _fusable: Optional[bool] = None,
+                pre_relu: bool = False) -> torch.Tensor:
         """y = acc * scale + bias, plus ``residual`` (a tensor of y's shape) if given.
 
         ``bn`` = (terms, fma) from :func:`_bn_epilogue` applies an eval BatchNorm to acc * scale + bias
         (before the residual) in the engine's epilogue, bit for bit as torch's BatchNorm would.
+        ``pre_relu`` applies torch's ReLU to acc * scale + bias before that BatchNorm (a conv -> ReLU
+        -> BN branch, BinaryUnit's ``pre_bn_act``).
 
         With a float32 CPU input and a C-contiguous float32 CPU residual that needs no gradient, the
         add is fused into the engine's epilogue, rounded exactly as ``forward(x) + residual``;
@@ -308,7 +311,7 @@ class PackedBinaryConv2d(_Packed):
         does not check twice.
 
         A plain call (x alone) is resolved once and reused while nothing it read changes (_Resolved)."""
-        plain = residual is None and rprelu is None and emit_for is None and bn is None
+        plain = residual is None and rprelu is None and emit_for is None and bn is None and not pre_relu
         if plain:
             resolved = self.__dict__.get("_resolved")
             if resolved is not None:
@@ -321,14 +324,14 @@ class PackedBinaryConv2d(_Packed):
             plan = self._plan(x)
             if plan is None:  # empty batch
                 y = _output(torch.zeros((0, self.out_channels, *self._geometry(shape[2], shape[3])[1])), x)
-                return y if residual is None else y + residual
+                return y if residual is None else y + residual  # (empty: BatchNorm and ReLU change nothing)
         fast = x.dtype is torch.float32 and x.device.type == "cpu" and not x.requires_grad
         res = None
         if residual is not None:
             if not (_fusable if _fusable is not None else _fusable_residual(x, residual, self)):
                 if rprelu is not None:
                     raise ValueError("PackedBinaryConv2d: rprelu needs a fused residual (float32 CPU, contiguous)")
-                return self.forward(x, bn=bn) + residual
+                return self.forward(x, bn=bn, pre_relu=pre_relu) + residual
             res = residual.numpy()
         elif rprelu is not None:
             raise ValueError("PackedBinaryConv2d: rprelu is applied only together with a residual")
@@ -340,7 +343,7 @@ class PackedBinaryConv2d(_Packed):
         nxt = (emit_for if emit_for is not None else self.__dict__.get("_emit_for")) if fast else None
         conv = self._bound(a, shape, plan, path, xbits is not None)
         out = conv(xa, xbits, nt, False, res, None, rprelu, nxt is not None, True,
-                   None if nxt is None else nxt._arrays(path)["shift"], *(bn or (None, False)))
+                   None if nxt is None else nxt._arrays(path)["shift"], *(bn or (None, False)), pre_relu)
         if nxt is None and not fast:
             return _output(torch.from_numpy(out), x)
         if plain and type(x) is torch.Tensor:
@@ -678,16 +681,16 @@ class _Resolved:
                 return False
         return True
 
-    def run(self, x: torch.Tensor, res, rprelu, bn) -> torch.Tensor:
+    def run(self, x: torch.Tensor, res, rprelu, bn, pre_relu: bool = False) -> torch.Tensor:
         conv, nxt = self.conv, self.nxt
         xbits = _bits_for_me(x, conv)
         call = conv._bound(self.arrays, x.shape, conv._plans.get(x.shape) or conv._plan(x), self.path,
                            xbits is not None)
         xa, nt = None if xbits is not None else x.numpy(), engine._num_threads or engine.get_num_threads()
-        if nxt is None and res is None and bn is None:  # (each argument pybind converts costs: the plain call)
+        if nxt is None and res is None and bn is None and not pre_relu:  # (each argument pybind converts costs)
             return torch.from_numpy(call(xa, xbits, nt))
         out = call(xa, xbits, nt, False, res, None, rprelu, nxt is not None, True,
-                   None if nxt is None else nxt._arrays(self.path)["shift"], *(bn or (None, False)))
+                   None if nxt is None else nxt._arrays(self.path)["shift"], *(bn or (None, False)), pre_relu)
         return _engine_output(out, nxt)
 
 
@@ -698,7 +701,7 @@ class _FusedCall(_Resolved):
     Otherwise __call__ returns None, the unit drops it and takes its full path, which makes a new
     one where the call fuses."""
 
-    __slots__ = ("mods", "bn", "eps", "rprelu", "out_shape", "identity_sc")
+    __slots__ = ("mods", "bn", "eps", "rprelu", "out_shape", "identity_sc", "pre_relu")
 
     def __init__(self, unit: nn.Module, x: torch.Tensor, bn, rprelu, nxt, path: str):
         conv, bnm, act = unit.conv, unit.bn, unit.act
@@ -709,16 +712,17 @@ class _FusedCall(_Resolved):
         if rprelu is not None:
             slots += [(act._parameters, n) for n in act._parameters]
         super().__init__(conv, x, nxt, path, slots)
-        self.mods = (conv, bnm, unit.shortcut, act)
+        self.mods = (conv, bnm, unit.shortcut, act, unit.pre_bn_act)
         self.bn, self.eps, self.rprelu = bn, getattr(bnm, "eps", None), rprelu
+        self.pre_relu = type(unit.pre_bn_act) is nn.ReLU
         self.out_shape = conv._plans[x.shape][-1]
         self.identity_sc = type(unit.shortcut) is nn.Identity
 
     def __call__(self, unit: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
-        conv, bnm, sc, act = self.mods
+        conv, bnm, sc, act, pre = self.mods
         m = unit._modules
         if (m["conv"] is not conv or m["bn"] is not bnm or m["shortcut"] is not sc or m["act"] is not act
-                or type(m["pre_bn_act"]) is not nn.Identity):
+                or m["pre_bn_act"] is not pre):
             return None
         if (_has_hooks(conv) or (self.bn is not None and (bnm.training or bnm.eps != self.eps))
                 or not self.valid(x, unit.__dict__.get("_emit_for"))):
@@ -727,7 +731,7 @@ class _FusedCall(_Resolved):
         if (type(r) is not torch.Tensor or r.dtype is not torch.float32 or not r.is_cpu or r.requires_grad
                 or r.shape != self.out_shape or not r.is_contiguous()):
             return None
-        return self.run(x, r.numpy(), self.rprelu, self.bn)
+        return self.run(x, r.numpy(), self.rprelu, self.bn, self.pre_relu)
 
 
 def _fused_unit_class():
@@ -735,9 +739,10 @@ def _fused_unit_class():
     from ..models.blocks import BinaryUnit
 
     class PackedBinaryUnit(BinaryUnit):
-        """act(BN(conv(x)) + shortcut(x)) in the packed conv's epilogue: the BatchNorm either folded
-        into the conv (fold_bn) or applied as torch applies it (_bn_epilogue), then the residual add
-        and an RPReLU, each rounded as the separate torch op.  Same children and state_dict as the
+        """act(BN(pre_bn_act(conv(x))) + shortcut(x)) in the packed conv's epilogue: a ReLU (when
+        pre_bn_act is one), the BatchNorm either folded into the conv (fold_bn, only without a
+        pre_bn_act) or applied as torch applies it (_bn_epilogue), then the residual add and an
+        RPReLU, each rounded as the separate torch op.  Same children and state_dict as the
         BinaryUnit it replaces; falls back to BinaryUnit.forward otherwise."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -747,8 +752,9 @@ def _fused_unit_class():
                 if y is not None:
                     return y
                 del self.__dict__["_fused_call"]
-            conv = self.conv
-            if type(conv) is PackedBinaryConv2d and type(self.pre_bn_act) is nn.Identity:
+            conv, pre = self.conv, type(self.pre_bn_act)
+            if type(conv) is PackedBinaryConv2d and (pre is nn.Identity or pre is nn.ReLU):
+                pre_relu = pre is nn.ReLU
                 bn = None if type(self.bn) is nn.Identity else _bn_epilogue(self.bn)
                 if bn is not None or type(self.bn) is nn.Identity:
                     sc = self.shortcut
@@ -758,11 +764,12 @@ def _fused_unit_class():
                     fusable = _fusable_residual(x, r, conv)
                     rprelu = _rprelu_array(act) if type(act) is RPReLU and act.dim == 1 and fusable else None
                     if rprelu is not None or type(act) is nn.Identity:
-                        y = conv(x, residual=r, rprelu=rprelu, emit_for=nxt, bn=bn, _fusable=fusable)
+                        y = conv(x, residual=r, rprelu=rprelu, emit_for=nxt, bn=bn, _fusable=fusable,
+                                 pre_relu=pre_relu)
                         if fusable and type(x) is torch.Tensor and not _has_hooks(conv):
                             self.__dict__["_fused_call"] = _FusedCall(self, x, bn, rprelu, nxt, engine._default_path)
                         return y
-                    return act(conv(x, residual=r, bn=bn, _fusable=fusable))
+                    return act(conv(x, residual=r, bn=bn, _fusable=fusable, pre_relu=pre_relu))
             return BinaryUnit.forward(self, x)
 
         def __getstate__(self):  # pickle / deepcopy: the fused call (engine objects) is rebuilt on use
@@ -802,7 +809,7 @@ def _fuse_units(model: nn.Module) -> int:
     n = 0
     for m in model.modules():
         if (type(m) is BinaryUnit and type(m._modules.get("conv")) is PackedBinaryConv2d
-                and type(m._modules.get("pre_bn_act")) is nn.Identity
+                and type(m._modules.get("pre_bn_act")) in (nn.Identity, nn.ReLU)
                 and (type(m._modules.get("bn")) is nn.Identity or _bn_epilogue(m._modules.get("bn")) is not None)):
             m.__class__ = unit_cls
             n += 1
