@@ -468,6 +468,24 @@ def test_zoo_roundtrip(tmp_path, monkeypatch):
         onebit.create_model("resnet20", pretrained=True)
 
 
+def test_zoo_add_refuses_to_replace_without_force(tmp_path, monkeypatch, capsys):
+    from onebit import zoo
+    out = tmp_path / "run"
+    train(load_recipe(str(tiny_recipe(tmp_path, epochs=1))), out, quiet=True)
+    zdir = tmp_path / "zoo"
+    zdir.mkdir()
+    monkeypatch.setattr(zoo, "ZOO_DIR", zdir)
+    assert cli(["zoo-add", str(out / "best.pt"), "--name", "tiny"]) == 0
+    before = {p.name: p.read_bytes() for p in zdir.iterdir()}
+    assert sorted(before) == ["tiny.json", "tiny.safetensors"]
+    assert cli(["zoo-add", str(out / "last.pt"), "--name", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "zoo entry 'tiny' exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in zdir.iterdir()} == before  # nothing overwritten
+    assert cli(["zoo-add", str(out / "last.pt"), "--name", "tiny", "--force"]) == 0
+    assert sorted(p.name for p in zdir.iterdir()) == ["tiny.json", "tiny.safetensors"]
+
+
 def test_cli_eval_writes_confusion_png(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "run"

@@ -429,7 +429,7 @@ def cmd_bench(args) -> int:
 
 def cmd_zoo_add(args) -> int:
     from . import zoo
-    path = zoo.add(args.checkpoint, args.name)
+    path = zoo.add(args.checkpoint, args.name, force=args.force)
     print(f"added {args.name}: {path}")
     return 0
 
@@ -530,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("zoo-add", help="export a checkpoint's model into onebit's zoo folder")
     p.add_argument("checkpoint")
     p.add_argument("--name", required=True, help="zoo name, after the recipe: e.g. reste_resnet20_cifar10")
+    p.add_argument("--force", action="store_true", help="replace an existing zoo entry of that name")
     p.set_defaults(fn=cmd_zoo_add)
     p = sub.add_parser("pack", help="pack a model's binary weights into bits and write the packed file")
     p.add_argument("model", help="checkpoint path, zoo:NAME, or a registry name (random weights, for benchmarks)")

@@ -49,14 +49,17 @@ def load(name: str, **kwargs) -> nn.Module:
     return load_with_meta(name, **kwargs)[0]
 
 
-def add(checkpoint, name: str, zoo_dir=None) -> Path:
-    """Export a training checkpoint's model to the zoo folder (safetensors + JSON)."""
+def add(checkpoint, name: str, zoo_dir=None, force: bool = False) -> Path:
+    """Export a training checkpoint's model to the zoo folder (safetensors + JSON); an existing
+    entry of that name is replaced only with ``force``."""
     import json as _json
     from safetensors.torch import save
     from ..train import checkpoint as C
+    out = Path(zoo_dir or ZOO_DIR)
+    if not force and any((out / f"{name}{s}").exists() for s in (".safetensors", ".json")):
+        raise ValueError(f"zoo entry {name!r} exists in {out}; use --force (force=True) to replace it")
     ckpt = C.load(checkpoint)
     model, info = C.load_model(checkpoint)  # checks the weights fit the model
-    out = Path(zoo_dir or ZOO_DIR)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     C.write_atomic(out / f"{name}.safetensors", lambda f: f.write(save(state)))
     run = Path(checkpoint).parent / "results.json"
