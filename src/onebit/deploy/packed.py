@@ -443,6 +443,13 @@ class PackedBinaryLinear(_Packed):
 
 # --- whole models -----------------------------------------------------------------------------
 
+def _pre_relu(pre_bn_act: Optional[nn.Module]) -> Optional[bool]:
+    """A BinaryUnit's ``pre_bn_act`` as the engine epilogue's flag: False for nn.Identity, True for
+    nn.ReLU, None for anything else (the unit cannot fuse, and its BatchNorm cannot fold)."""
+    kind = type(pre_bn_act)
+    return False if kind is nn.Identity else True if kind is nn.ReLU else None
+
+
 def _fold_pairs(model: nn.Module) -> int:
     """Fold eval BatchNorms into the packed layer right before them: BinaryUnit (bn(conv(x)), not
     with a pre_bn_act between them),
@@ -460,7 +467,7 @@ def _fold_pairs(model: nn.Module) -> int:
     for m in model.modules():
         pairs = []  # (layer name, bn name, packed class, BN classes)
         if (isinstance(m, BinaryUnit) and type(m).forward is BinaryUnit.forward
-                and type(m._modules.get("pre_bn_act")) is nn.Identity):
+                and _pre_relu(m._modules.get("pre_bn_act")) is False):
             pairs.append(("conv", "bn", PackedBinaryConv2d, (nn.BatchNorm2d,)))
         elif isinstance(m, BiFC) and type(m).forward is BiFC.forward:
             pairs.append(("linear", "norm", PackedBinaryLinear, (TokenBatchNorm,)))
@@ -714,7 +721,7 @@ class _FusedCall(_Resolved):
         super().__init__(conv, x, nxt, path, slots)
         self.mods = (conv, bnm, unit.shortcut, act, unit.pre_bn_act)
         self.bn, self.eps, self.rprelu = bn, getattr(bnm, "eps", None), rprelu
-        self.pre_relu = type(unit.pre_bn_act) is nn.ReLU
+        self.pre_relu = bool(_pre_relu(unit.pre_bn_act))
         self.out_shape = conv._plans[x.shape][-1]
         self.identity_sc = type(unit.shortcut) is nn.Identity
 
@@ -752,9 +759,8 @@ def _fused_unit_class():
                 if y is not None:
                     return y
                 del self.__dict__["_fused_call"]
-            conv, pre = self.conv, type(self.pre_bn_act)
-            if type(conv) is PackedBinaryConv2d and (pre is nn.Identity or pre is nn.ReLU):
-                pre_relu = pre is nn.ReLU
+            conv, pre_relu = self.conv, _pre_relu(self.pre_bn_act)
+            if type(conv) is PackedBinaryConv2d and pre_relu is not None:
                 bn = None if type(self.bn) is nn.Identity else _bn_epilogue(self.bn)
                 if bn is not None or type(self.bn) is nn.Identity:
                     sc = self.shortcut
@@ -809,7 +815,7 @@ def _fuse_units(model: nn.Module) -> int:
     n = 0
     for m in model.modules():
         if (type(m) is BinaryUnit and type(m._modules.get("conv")) is PackedBinaryConv2d
-                and type(m._modules.get("pre_bn_act")) in (nn.Identity, nn.ReLU)
+                and _pre_relu(m._modules.get("pre_bn_act")) is not None
                 and (type(m._modules.get("bn")) is nn.Identity or _bn_epilogue(m._modules.get("bn")) is not None)):
             m.__class__ = unit_cls
             n += 1
