@@ -277,6 +277,67 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert C.load(out / "last.pt")["epoch"] == 1
 
 
+def test_nan_before_the_first_checkpoint_leaves_nothing(tmp_path, monkeypatch):
+    """Diverging in the first epoch: no checkpoint to keep, so the run directory goes too (the same
+    command, with a lower lr, can simply be rerun) and the message says so."""
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=2)))
+    monkeypatch.setattr("onebit.train.loop.F.cross_entropy", lambda *a, **k: torch.tensor(float("nan")))
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written and the run directory was not kept"):
+        train(recipe, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_weights_with_a_finite_loss_stop_the_run(tmp_path, monkeypatch):
+    """A last step of an epoch can leave NaN weights behind a finite loss: the epoch's end catches
+    it, before any checkpoint or best.pt holds them."""
+    import onebit.train.loop as L
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=3)))
+    real = L.build_optimizer
+    steps = {"n": 0}
+
+    def poisoning_optimizer(model, tcfg):
+        opt = real(model, tcfg)
+        step = opt.step
+
+        def poisoned_step(*a, **k):
+            out = step(*a, **k)
+            steps["n"] += 1
+            if steps["n"] == 6:  # the last step of epoch 2
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+            return out
+        opt.step = poisoned_step
+        return opt
+
+    monkeypatch.setattr(L, "build_optimizer", poisoning_optimizer)
+    with pytest.raises(TrainingDiverged, match="became non-finite in epoch 2; the last good checkpoint is"):
+        train(recipe, tmp_path / "run", quiet=True)
+    kept = C.load(tmp_path / "run" / "last.pt")
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert len(rows(tmp_path / "run")) == 1
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    p = tiny_recipe(tmp_path, epochs=2)
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**yaml.safe_load(p.read_text()), "model": {"name": "resnet20"}}))
+    train(load_recipe(str(p)), tmp_path / "a", quiet=True, stop_after_steps=1)
+    train(load_recipe(str(other)), tmp_path / "b", quiet=True, stop_after_steps=1)
+    (tmp_path / "b" / "last.pt").write_bytes((tmp_path / "a" / "last.pt").read_bytes())
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()}
+    with pytest.raises(ValueError, match="is a run of recipe 'tiny' \\(model 'bireal_resnet20'\\) but .* says "
+                                         "recipe 'other' \\(model 'resnet20'\\)"):
+        train(None, tmp_path / "b", resume=True, quiet=True)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
+
+
+def test_stage_epochs_are_set_by_index():
+    r = load_recipe("reactnet-resnet20-cifar10", ["stages.0.epochs=2", "stages.1.epochs=3"])
+    assert [s["epochs"] for s in r["stages"]] == [2, 3]
+    with pytest.raises(ValueError, match="expected an integer"):
+        load_recipe("reactnet-resnet20-cifar10", ["stages.0.epochs=2.5"])
+
+
 def test_existing_run_dir_is_not_overwritten(tmp_path):
     recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=1)))
     out = tmp_path / "run"
@@ -405,6 +466,22 @@ def test_cli_train_refuses_before_writing(tmp_path, capsys):
         (["--recipe", str(p), "--out", str(tmp_path / "afile")], "is a file; give --out a directory"),
         (["--recipe", str(p), "--out", str(tmp_path / "a"), "--resume"], "drop --recipe"),
         (["--out", str(tmp_path / "a"), "--resume", "--force"], "drop --force"),
+    ]
+    typed = tmp_path / "typed.yaml"  # a recipe file's values are type-checked like overrides
+    typed.write_text(yaml.safe_dump({**yaml.safe_load(p.read_text()), "train": {"epochs": "ten"}}))
+    staged = tmp_path / "staged.yaml"
+    staged.write_text(yaml.safe_dump({**yaml.safe_load(p.read_text()),
+                                      "stages": [{"name": "a", "epochs": 1}, {"name": "b", "epochs": 1}]}))
+    cases += [
+        (["--recipe", str(typed), "--out", str(tmp_path / "a")], "train.epochs='ten': expected a int"),
+        (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "kd.tempreature=2"], "unknown kd keys"),
+        (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "model.nokey=1"], "takes no option 'nokey'"),
+        (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "kd={teacher: zoo:fp_resnet20_cifar10}"],
+         "predicts 10 classes but the data has 4"),
+        (["--recipe", str(staged), "--out", str(tmp_path / "a"), "--set", "train.epochs=3"],
+         "--set stages.0.epochs=E --set stages.1.epochs=E instead of train.epochs"),
+        (["--recipe", str(staged), "--out", str(tmp_path / "a"), "--set", "stages.2.epochs=3"],
+         "indices 0 to 1"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "train.device=cuda"],

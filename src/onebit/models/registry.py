@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from typing import Callable, Dict
 
 import torch.nn as nn
@@ -54,7 +55,15 @@ def create_model(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     if name not in _MODELS and name in zoo.available():  # a zoo name without weights: its architecture
         info = zoo.meta(name)
         return create_model(info["model"], **{**info.get("model_kwargs", {}), **kwargs})
-    model = model_factory(name)(**kwargs)
+    factory = model_factory(name)
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:  # an option no layer takes: say so, not where deep inside it surfaced
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if m is None or m.group(1) not in kwargs:
+            raise
+        raise ValueError(f"model {name!r} takes no option {m.group(1)!r}; check its spelling "
+                         f"(the options are the keyword arguments of onebit.models.{factory.__name__})") from None
     model.registry_name = name
     model.registry_kwargs = dict(kwargs)
     return model

@@ -136,6 +136,31 @@ def _seed(*parts: int) -> int:
 
 # ----------------------------------------------------------------------------- the run
 
+def _check_same_run(ckpt_recipe: dict, out: Path) -> None:
+    """--resume: last.pt must be this directory's run (its recipe.yaml), not a file copied from another."""
+    mine = out / "recipe.yaml"
+    if not mine.is_file():
+        return
+    try:
+        here = yaml.safe_load(mine.read_text()) or {}
+    except yaml.YAMLError:
+        return
+    a = (ckpt_recipe.get("name"), (ckpt_recipe.get("model") or {}).get("name"))
+    b = (here.get("name"), (here.get("model") or {}).get("name"))
+    if a != b:
+        raise ValueError(f"cannot resume: {out / 'last.pt'} is a run of recipe {a[0]!r} (model {a[1]!r}) but "
+                         f"{mine} says recipe {b[0]!r} (model {b[1]!r}); put the checkpoint back in its own run")
+
+
+def _check_teacher_classes(teacher: nn.Module, name: str, num_classes: int, size: int, device) -> None:
+    """The teacher's logits must have one entry per class of the data (checked on one blank image)."""
+    with torch.no_grad():
+        n = teacher(torch.zeros(1, 3, size, size, device=device)).shape[-1]
+    if n != num_classes:
+        raise ValueError(f"kd.teacher {name!r} predicts {n} classes but the data has {num_classes}; "
+                         f"distill from a teacher trained on the same classes")
+
+
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "histograms.jsonl", "results.json")  # what --force replaces
 
 
@@ -160,6 +185,7 @@ class Run:
             self.replace_old = True
         self.resume_state = C.load(last) if resume else None
         if self.resume_state is not None:
+            _check_same_run(self.resume_state["recipe"], self.out)
             self.recipe = self.resume_state["recipe"]
             if data_root is not None:  # the data may have moved between sessions
                 self.recipe["data"]["root"] = data_root
@@ -167,6 +193,7 @@ class Run:
                 self.recipe["train"]["threads"] = threads
         self.interrupted = False
         self.started = resume  # the run directory holds this run's files (see start_files)
+        self.made_dir = False  # start_files created the directory (not there before)
 
     def start_files(self) -> None:
         """Create the run directory and its recipe.yaml once everything has been checked and training
@@ -179,9 +206,21 @@ class Run:
                 for name in RUN_FILES:
                     if (self.out / name).exists():
                         (self.out / name).unlink()
+            self.made_dir = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
             self.started = True
+
+    def forget_files(self) -> None:
+        """A new run that failed before its first checkpoint: remove what start_files and the first
+        epoch wrote, so that the same command, corrected, can simply be rerun."""
+        if self.started and self.resume_state is None and not (self.out / "last.pt").exists():
+            for name in RUN_FILES + ("recipe.yaml",):
+                if (self.out / name).exists():
+                    (self.out / name).unlink()
+            if self.made_dir and not any(self.out.iterdir()):
+                self.out.rmdir()
+            self.started = False
 
     def log(self, msg: str) -> None:
         if not self.quiet:
@@ -207,6 +246,7 @@ class Run:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         t0 = time.time() - (self.resume_state.get("wall_time", 0.0) if self.resume_state else 0.0)
         self.t0 = t0
+        fresh = self.resume_state is None
         try:
             prev_state = None
             for si in range(start_stage, len(stages)):
@@ -216,6 +256,10 @@ class Run:
                     return {"interrupted": True}
                 prev_state = {k: v.clone() for k, v in model.state_dict().items()}
                 self.resume_state = None
+        except BaseException:
+            if fresh:
+                self.forget_files()
+            raise
         finally:
             for s, h in handlers.items():
                 signal.signal(s, h)
@@ -245,6 +289,8 @@ class Run:
                 raise ValueError("kd.teacher is not set: give a checkpoint path, zoo:NAME or a registry name "
                                  "(--set kd.teacher=...)")
             teacher = Teacher(build_teacher(str(kd["teacher"])).to(device), compile=tcfg["compile"])
+            _check_teacher_classes(teacher.model, str(kd["teacher"]), self.train_ds.num_classes,
+                                   recipe["data"]["image_size"], device)
             distiller = LogitsKD(teacher, kd.get("temperature", 1.0),
                                  kd.get("alpha", 1.0), kd.get("loss", "soft_ce"), tcfg["label_smoothing"])
         # the training forward; evaluation and checkpoints use the model itself (compiled graphs are
@@ -318,9 +364,8 @@ class Run:
                                                else tcfg["label_smoothing"])
                 lv = loss.item()
                 if not math.isfinite(lv):
-                    raise TrainingDiverged(
-                        f"loss became {lv} at epoch {epoch + 1}, batch {batch}; the last good checkpoint is "
-                        f"{self.out / 'last.pt'} (lower train.lr or set train.grad_clip)")
+                    raise TrainingDiverged(f"loss became {lv} at epoch {epoch + 1}, batch {batch}; {self.kept()} "
+                                           f"(lower train.lr or set train.grad_clip)")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tcfg["grad_clip"]:
@@ -345,6 +390,10 @@ class Run:
                     bar.close()
                     return model
             bar.close()
+            bad = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+            if bad is not None:
+                raise TrainingDiverged(f"parameter {bad} became non-finite in epoch {epoch + 1}; {self.kept()} "
+                                       f"(lower train.lr or set train.grad_clip)")
             epoch_time = sums["time"] + time.time() - t_epoch
             row = {"stage": stage["name"], "epoch": epoch + 1, "lr": opt.param_groups[0]["lr"],
                    "progress": self.meta["progress"], "train_loss": sums["loss"] / sums["n"],
@@ -362,6 +411,9 @@ class Run:
                                     **diagnostics.latent_histogram(model)}) + "\n")
             if val_loader is not None:
                 ev = evaluate(model, val_loader, list(self.train_ds.class_names))
+                if not math.isfinite(ev["loss"]):
+                    raise TrainingDiverged(f"validation loss became {ev['loss']} after epoch {epoch + 1}; "
+                                           f"{self.kept()} (lower train.lr or set train.grad_clip)")
                 row.update(val_top1=ev["top1"], val_top5=ev["top5"], val_loss=ev["loss"])
                 is_best = best is None or ev["top1"] > best["val_top1"]
             else:
@@ -388,6 +440,13 @@ class Run:
         self.history, self.best, self.model = history, best, model
         self.all_history = getattr(self, "all_history", []) + history
         return model
+
+    def kept(self) -> str:
+        """What a diverged run leaves: its last good checkpoint, or nothing."""
+        last = self.out / "last.pt"
+        if last.exists():
+            return f"the last good checkpoint is {last} (continue it with --resume)"
+        return "no checkpoint was written and the run directory was not kept"
 
     def tensorboard(self):
         try:

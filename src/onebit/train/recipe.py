@@ -115,15 +115,16 @@ def recipe_path(name_or_path: str) -> Path:
     return p
 
 
-def _check_type(key: str, old: Any, new: Any) -> Any:
-    """New value for ``key`` if its type is compatible with the old one."""
+def _check_type(key: str, old: Any, new: Any, where: str = "override") -> Any:
+    """New value for ``key`` if its type is compatible with the old one (``where``: the override or
+    the recipe file that sets it, for the error message)."""
     if old is None or new is None:
         return new
     if isinstance(old, bool) or isinstance(new, bool):
         if isinstance(old, bool) and isinstance(new, bool):
             return new
     elif isinstance(old, (int, float)) and isinstance(new, (int, float)):
-        return float(new) if isinstance(old, float) else (new if isinstance(new, int) else _int_or_fail(key, new))
+        return float(new) if isinstance(old, float) else (new if isinstance(new, int) else _int_or_fail(key, new, where))
     elif isinstance(old, str) and isinstance(new, str):
         return new
     elif isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
@@ -132,14 +133,14 @@ def _check_type(key: str, old: Any, new: Any) -> Any:
         return new
     elif isinstance(old, (str, dict)) and isinstance(new, (str, dict)):  # binarizer specs: name or dict
         return new
-    raise ValueError(f"override {key}={new!r}: expected a {type(old).__name__} like {old!r}, "
+    raise ValueError(f"{where} {key}={new!r}: expected a {type(old).__name__} like {old!r}, "
                      f"got a {type(new).__name__}")
 
 
-def _int_or_fail(key: str, v: float) -> int:
+def _int_or_fail(key: str, v: float, where: str = "override") -> int:
     if float(v).is_integer():
         return int(v)
-    raise ValueError(f"override {key}={v!r}: expected an integer")
+    raise ValueError(f"{where} {key}={v!r}: expected an integer")
 
 
 def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
@@ -156,14 +157,20 @@ def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
             raise ValueError(f"override {key}: value {text!r} is not valid YAML ({e.problem})") from None
         node, parts = recipe, key.split(".")
         for i, part in enumerate(parts[:-1]):
-            if not isinstance(node.get(part), dict):
+            if isinstance(node, list):  # a list entry by its index: stages.0.epochs
+                node = node[_index(node, part, parts[:i + 1], item)]
+                continue
+            if not isinstance(node.get(part), (dict, list)):
                 if node.get(part) is None and part in node:
                     node[part] = {}
                 else:
                     raise ValueError(f"unknown recipe key {'.'.join(parts[:i + 1])!r} in override {item!r}")
             node = node[part]
         last = parts[-1]
-        if last not in node:
+        if isinstance(node, list):
+            i = _index(node, last, parts, item)
+            node[i] = _check_type(key, node[i], value)
+        elif last not in node:
             # open sections (model options, kd, data.val_split) accept new keys
             if not _open_section(parts[:-1]):
                 raise ValueError(f"unknown recipe key {key!r}; known keys here: {', '.join(sorted(node))}")
@@ -171,6 +178,13 @@ def apply_overrides(recipe: dict, overrides: Iterable[str]) -> dict:
         else:
             node[last] = _check_type(key, node[last], value)
     return recipe
+
+
+def _index(node: list, part: str, path: list[str], item: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ValueError(f"override {item!r}: {'.'.join(path)} is not an entry of a {len(node)}-entry list "
+                         f"(indices 0 to {len(node) - 1})")
+    return int(part)
 
 
 def _open_section(path: list[str]) -> bool:
@@ -199,10 +213,16 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
         bad = set(raw.get(section) or {}) - set(DEFAULTS[section])
         if bad:
             raise ValueError(f"recipe {path}: unknown {section} keys {sorted(bad)}; known: {sorted(DEFAULTS[section])}")
+        for key, value in (raw.get(section) or {}).items():
+            raw[section][key] = _check_type(f"{section}.{key}", DEFAULTS[section][key], value, f"recipe {path}:")
     recipe = _merge(DEFAULTS, raw)
     recipe["name"] = recipe["name"] or path.stem
     overrides = list(overrides)
     recipe = apply_overrides(recipe, overrides)
+    if recipe.get("stages") and any(o.split("=", 1)[0].strip() == "train.epochs" for o in overrides):
+        n = len(recipe["stages"])
+        raise ValueError(f"recipe {recipe['name']!r} trains in {n} stages, each with its own epochs: set them with "
+                         + " ".join(f"--set stages.{i}.epochs=E" for i in range(n)) + " instead of train.epochs")
     recipe["overrides"] = overrides
     if not recipe["model"].get("name"):
         raise ValueError(f"recipe {path} names no model (model.name)")
@@ -211,6 +231,7 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+KD_KEYS = ("teacher", "temperature", "alpha", "loss")  # what the trainer's LogitsKD reads
 
 
 def check_values(recipe: dict) -> None:
@@ -226,6 +247,16 @@ def check_values(recipe: dict) -> None:
     dev = str(t["device"])
     if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ValueError(f"train.device must be one of {', '.join(DEVICES)} or cuda:N, got {dev!r}")
+    kd = recipe.get("kd")
+    if kd is not None:
+        if not isinstance(kd, dict):
+            raise ValueError(f"kd must be a mapping like {{teacher: zoo:NAME, temperature: 1.0, alpha: 1.0}}, got {kd!r}")
+        unknown = set(kd) - set(KD_KEYS)
+        if unknown:
+            raise ValueError(f"unknown kd keys {sorted(unknown)}; known: {', '.join(KD_KEYS)}")
+        for key in ("temperature", "alpha"):
+            if key in kd and (isinstance(kd[key], bool) or not isinstance(kd[key], (int, float))):
+                raise ValueError(f"kd.{key} must be a number, got {kd[key]!r}")
     for i, st in enumerate(recipe.get("stages") or []):
         e = st.get("epochs") if isinstance(st, dict) else None
         if e is not None and (not isinstance(e, int) or e < 1):
