@@ -206,6 +206,20 @@ def test_table4_parameters_and_operations():
     assert round(plain["flops"] / 1e8, 3) == 0.101  # without the convention: only the stem and the classifier
 
 
+@pytest.mark.parametrize("name", ["binaryvit", "binaryvit_star", "binary_deit_s"])
+def test_imagenet_models_forward_and_backward(name):
+    """The ImageNet-size models train: a batch of 2 at 224x224, every trainable parameter gets a finite gradient."""
+    torch.manual_seed(0)
+    model = onebit.create_model(name).train()
+    logits = model(torch.randn(2, 3, 224, 224))
+    assert logits.shape == (2, model.num_classes) and model.num_classes == 1000
+    F.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+
+
 def test_deit_capability_by_the_appendix():
     m = onebit.create_model("binary_deit_s")
     assert capability(m)["total"] == 155_568

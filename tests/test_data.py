@@ -136,6 +136,8 @@ def test_build_dataset_folder(folder):
     assert (len(train), len(val)) == (6, 2) and val.class_names == ["cat", "dog"]
     train, val = build_dataset({"name": "folder", "root": folder, "val_split": {"per_class": 1, "seed": 0}})
     assert (len(train), len(val)) == (4, 2) and val.class_counts().tolist() == [1, 1]
+    with pytest.raises(DataError, match=r"class 'cat' \(0\) has only 3 images, cannot hold out 5 of them"):
+        build_dataset({"name": "folder", "root": folder, "val_split": {"per_class": 5, "seed": 0}})
 
 
 # ----------------------------------------------------------------------------- holdout split
@@ -151,8 +153,10 @@ def test_holdout_split_stratified_and_deterministic():
 
     _, val = holdout_split(labels, val_count=10, seed=0)
     assert np.bincount(labels[val]).tolist() == [3, 3, 2, 2]
-    with pytest.raises(DataError, match="only 20"):
+    with pytest.raises(DataError, match="class 1 has only 20"):
         holdout_split(labels, per_class=21)
+    with pytest.raises(DataError, match="class 'b' \\(1\\) has only 20"):
+        holdout_split(labels, per_class=21, class_names=["a", "b", "c", "d"])
     with pytest.raises(ValueError, match="exactly one of val_count or per_class"):
         holdout_split(labels)
     with pytest.raises(ValueError, match="per_class must be >= 0, got -1"):
@@ -195,8 +199,10 @@ def test_fake_cifar_loads_without_verification(tmp_path):
 
 def test_cifar_wrong_checksum_raises(tmp_path):
     fake_cifar10(tmp_path)
-    with pytest.raises(DataError, match="md5"):
+    with pytest.raises(DataError, match="data_batch_1 has md5") as e:
         load_cifar(tmp_path, "cifar10", "train")
+    # it says what works: no verify=False, which neither a recipe nor the CLI takes
+    assert "verify" not in str(e.value) and "unpack" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_cifar_missing_files_say_where_to_put_them(tmp_path, monkeypatch):

@@ -630,6 +630,39 @@ def test_pack_keeps_unknown_layers_with_a_warning():
         close(packed(x), seq(x))
 
 
+class _Weird(nn.Module):  # a user's own layer: pack() does not know it
+    def __init__(self):
+        super().__init__()
+        self.gain = nn.Parameter(torch.full((4, 1, 1), 0.5))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+def test_pack_warns_about_a_users_unknown_layer():
+    torch.manual_seed(4)
+    model = nn.Sequential()
+    model.seq = nn.Sequential(BinaryConv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), _Weird(), nn.ReLU())
+    model.eval()
+    with pytest.warns(PackWarning) as rec:
+        packed = pack(model)
+    assert [str(w.message) for w in rec] == ["pack: keeping 'seq.2' (_Weird) in float32: the packer does not know "
+                                             "this layer; it runs in PyTorch as before"]
+    assert isinstance(packed.seq[0], PackedBinaryConv2d) and type(packed.seq[2]) is _Weird
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
+
+
+def test_pack_registry_models_know_every_layer():
+    """onebit's own models: no layer the packer does not know (torch and onebit classes only)."""
+    for name in onebit.list_models():
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            pack(onebit.create_model(name).eval())
+        assert not [str(w.message) for w in rec if "does not know" in str(w.message)], name
+
+
 def test_pack_warns_when_there_is_nothing_to_pack(tmp_path, capsys):
     """A model without binary layers packs to itself with one warning, and the CLI shows it as one
     'onebit: warning:' line (not Python's file:line form, and not once more for the file)."""

@@ -169,3 +169,13 @@ def test_unknown_model_and_bad_kwargs():
 def test_list_models_pattern():
     assert onebit.list_models("bireal_*") == sorted(n for n in onebit.list_models() if n.startswith("bireal_"))
     assert "reactnet_resnet34" in onebit.list_models()
+
+
+def test_unknown_model_error_counts_what_list_models_prints():
+    with pytest.raises(ValueError, match=f"lists the {len(onebit.list_models())} names"):
+        onebit.create_model("no_such_model")
+
+
+def test_unknown_model_option_is_named():
+    with pytest.raises(ValueError, match="model 'bireal_resnet20' takes no option 'nokey'"):
+        onebit.create_model("bireal_resnet20", nokey=1)

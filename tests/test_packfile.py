@@ -280,8 +280,9 @@ def test_corrupt_file_raises_packed_file_error(tmp_path, small, case):
 def test_missing_and_directory(tmp_path):
     with pytest.raises(PackedFileError, match="does not exist"):
         deploy.load(tmp_path / "nope.onebit")
-    with pytest.raises(PackedFileError, match="directory"):
+    with pytest.raises(PackedFileError, match="is a directory, not a packed file") as e:
         deploy.load(tmp_path)
+    assert "does not exist" not in str(e.value)
     assert issubclass(PackedFileError, ValueError)
 
 
@@ -338,6 +339,10 @@ def test_cli_pack_and_eval_packed_file(tmp_path, capsys):
                 "--data", str(tmp_path / "imgs"), "--split", "test"]) == 0
     text = capsys.readouterr().out
     assert "top-1 on" in text and "int8 stem.0, fc" in text
+    # the reload check and the difference from float32 are two separate lines
+    same = [line for line in text.splitlines() if "identical" in line]
+    assert len(same) == 1 and "float32" not in same[0]
+    assert "packed vs float32 model: max |logit diff|" in text and "(int8 first/last layers change" in text
     assert deploy.read_info(out)["pack"] == {"fold_bn": False, "int8_layers": ["stem.0", "fc"]}
 
 
@@ -403,3 +408,47 @@ def test_cli_bench_quick(tmp_path, capsys):
     assert "C_IN,C_OUT,H,W" in capsys.readouterr().err
     assert cli(["bench", str(tmp_path / "none.onebit"), "--quick"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_eval_help_shows_defaults(capsys):
+    assert cli(["eval", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert "(default: val)" in text and "(default: 256)" in text
+
+
+def test_cli_eval_png_without_matplotlib_fails_before_evaluating(tmp_path, capsys, monkeypatch):
+    import importlib
+    import sys
+    ev = importlib.import_module("onebit.train.evaluate")  # the module: onebit.train.evaluate is the function
+    ck = _checkpoint(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: pytest.fail("evaluated before the matplotlib check"))
+    assert cli(["eval", str(ck), "--data", "sample", "--png", str(tmp_path / "cm.png")]) == 2
+    assert capsys.readouterr().err == "onebit: error: plots need matplotlib: pip install 'onebit[analysis]'\n"
+    assert cli(["capability", "bireal_resnet34", "--png", str(tmp_path / "cap.png")]) == 2  # also before its work
+    assert "plots need matplotlib" in capsys.readouterr().err
+
+
+def test_cli_closed_pipe_exits_quietly():
+    """`onebit list-models | head -1`: the reader goes away; no 'Broken pipe' error line."""
+    import subprocess
+    import sys
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "onebit.cli", "list-models"], stdout=w, stderr=subprocess.PIPE,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    finally:
+        os.close(w)
+    assert done.stderr.decode() == "" and done.returncode == 1
+
+
+def test_bench_zoo_model_keeps_its_real_twin(tmp_path, capsys):
+    """The real twin takes none of a zoo model's binarizer options: it is built without them
+    (recorded as twin_kwargs), not dropped from the table."""
+    out = tmp_path / "bench.json"
+    assert cli(["bench", "zoo:reste_resnet20_cifar10", "--quick", "--no-layers", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["twin"] == "resnet20" and res["twin_kwargs"] == {"num_classes": 10} and res["runs"][0]["resnet20_ms"] > 0
+    assert "input_binarizer" in res["model_kwargs"]

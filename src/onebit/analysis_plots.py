@@ -12,6 +12,11 @@ def _pyplot():
     return plt
 
 
+def require_matplotlib() -> None:
+    """Raise the 'plots need matplotlib' ValueError now, before any long work."""
+    _pyplot()
+
+
 def confusion_png(result: dict, path) -> None:
     """The confusion matrix of an evaluation result (rows: true class; columns: predicted), row-normalised."""
     import numpy as np

@@ -116,7 +116,9 @@ def cmd_eval(args) -> int:
     import json
     from .train.evaluate import confusion_text, evaluate
     if args.png:
+        from .analysis_plots import require_matplotlib
         writable_out(args.png, "--png")
+        require_matplotlib()  # before the evaluation, not after it
     model, meta = load_for_eval(args.checkpoint, packed=True)
     loader = eval_loader(args.data, args.split, meta, args.batch_size)
     res = evaluate(model, loader, list(meta["class_names"]))
@@ -239,6 +241,9 @@ def cmd_summary(args) -> int:
 def cmd_capability(args) -> int:
     import json
     from .analysis import capability
+    if args.png:
+        from .analysis_plots import require_matplotlib
+        require_matplotlib()
     model, size = load_any_model(args.model)
     size = parse_size(args.input_size) or size
     res = capability(model, size, omit_attention=args.omit_attention)
@@ -364,8 +369,9 @@ def cmd_pack(args) -> int:
           f"the packed file)")
     if "checkpoint_bytes" in res:
         print(f"  checkpoint file   {res['checkpoint_bytes']:>12,} bytes  (with optimizer state)")
-    print(f"  verified: reloaded file gives identical logits on a random batch of 4 "
-          f"(max |packed - float32| {res['max_abs_diff_vs_float32']:.2g})")
+    print("  verified: the reloaded file gives logits identical to the packed model's (random batch of 4)")
+    print(f"  packed vs float32 model: max |logit diff| {res['max_abs_diff_vs_float32']:.2g}"
+          + (" (int8 first/last layers change the logits)" if int8 else ""))
     if args.data:
         print(f"  top-1 on {args.data} [{args.split}]: float32 {res['top1_float32']:.2f}%, packed"
               f"{' with int8 first/last' if int8 else ''} {res['top1_packed']:.2f}% "
@@ -475,10 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint or zoo:NAME on an image folder")
     p.add_argument("checkpoint", help="checkpoint path or zoo:NAME")
     p.add_argument("--data", required=True, help="image folder ROOT (with ROOT/<split>/<class>/*) or 'sample'")
-    p.add_argument("--split", default="val", help="sub-folder to evaluate (val or test)")
+    p.add_argument("--split", default="val", help="sub-folder to evaluate: val or test (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--png", help="also write the confusion matrix as a PNG here")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--png", help="also write the confusion matrix as a PNG here (needs matplotlib)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("landscape", help="2-D loss landscape (Li et al. 2018) of a checkpoint: PNGs and the grid")
     p.add_argument("checkpoint", help="checkpoint path or zoo:NAME")
@@ -586,7 +592,13 @@ def main(argv=None) -> int:
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # a reader that went away (| head) shows up here, not at exit
+        return code
+    except BrokenPipeError:  # as the Python docs advise for SIGPIPE: no error line, exit 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the flush at exit then has nowhere to fail
+        return 1
     except ValueError as e:
         print(f"onebit: error: {e}", file=sys.stderr)
         return 2

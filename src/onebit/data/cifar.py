@@ -192,8 +192,9 @@ def load_cifar(root, name: str = "cifar10", split: str = "train", download: bool
             got = file_md5(folder / f)
             if got != info.md5[f]:
                 raise DataError(
-                    f"{folder / f} has md5 {got}, expected {info.md5[f]} (the official {name} file). "
-                    f"Re-download it, or pass verify=False if the file is deliberately different."
+                    f"{folder / f} has md5 {got}, expected {info.md5[f]} (the official {name} file): it is damaged "
+                    f"or not the original. Delete {folder} and unpack {info.url} into {folder.parent} again "
+                    f"(or delete it and set download=True: --set data.download=true)."
                 )
 
     images, labels = [], []

@@ -113,6 +113,7 @@ def _holdout(train: ArrayDataset, val_split: dict):
         val_count=val_split.get("val_count"),
         per_class=val_split.get("per_class"),
         seed=val_split.get("seed", 0),
+        class_names=train.class_names,
     )
     return train.subset(train_idx), train.subset(val_idx)
 

@@ -7,7 +7,8 @@ import numpy as np
 from .errors import DataError
 
 
-def holdout_split(labels, val_count: int | None = None, per_class: int | None = None, seed: int = 0):
+def holdout_split(labels, val_count: int | None = None, per_class: int | None = None, seed: int = 0,
+                  class_names=None):
     """Split indices into (train_idx, val_idx), stratified by class.
 
     Give exactly one of ``per_class`` (that many validation images from every
@@ -17,7 +18,8 @@ def holdout_split(labels, val_count: int | None = None, per_class: int | None = 
     ``numpy.random.default_rng(seed)``, taken class by class in label order, so
     the result depends only on ``labels`` and ``seed``.
 
-    Both index arrays are int64 and sorted ascending.
+    Both index arrays are int64 and sorted ascending. ``class_names`` (label -> name) only
+    makes the error for a class with too few images name it.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if (val_count is None) == (per_class is None):
@@ -39,8 +41,10 @@ def holdout_split(labels, val_count: int | None = None, per_class: int | None = 
         members = np.flatnonzero(labels == c)
         k = counts[int(c)]
         if k > len(members):
+            label = f"{class_names[int(c)]!r} ({int(c)})" if class_names is not None else str(int(c))
             raise DataError(
-                f"class {int(c)} has only {len(members)} images, cannot hold out {k} of them"
+                f"class {label} has only {len(members)} images, cannot hold out {k} of them; "
+                f"hold out fewer (data.val_split) or add images to that class"
             )
         val_parts.append(rng.permutation(members)[:k])
 

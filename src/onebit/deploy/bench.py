@@ -180,17 +180,23 @@ def bench_model(spec, batches: Sequence[int] = (1, 32), thread_counts: Sequence[
     size = tuple(input_size or size or default_input_size(model))
     variants = {"float32": model.eval(), "packed": packed.eval()}
     tw = fp_twin(name) if twin else None
+    twin_kwargs = None
     if tw:
-        try:
-            variants[tw] = create_model(tw, **config).eval()
-        except Exception:  # a twin that does not take these kwargs: left out
+        # the binary model's options, or (binarizers, scales: nothing a real twin takes) its class count only
+        for kw in (config, {k: v for k, v in config.items() if k == "num_classes"}):
+            try:
+                variants[tw], twin_kwargs = create_model(tw, **kw).eval(), kw
+                break
+            except (TypeError, ValueError):
+                continue
+        if twin_kwargs is None:
             tw = None
     inputs = [(b, torch.randn(b, *size, generator=torch.Generator().manual_seed(0))) for b in batches]
     layers = (lambda x: {label: time_layers(variants[label], x, repeats, min(warmup, 1))
                          for label in ("float32", "packed")}) if per_layer else None
     runs = _time_grid(variants, inputs, thread_counts, repeats, warmup, "float32", layers, log)
     return {"kind": "model", "model": name, "model_kwargs": config, "spec": spec if isinstance(spec, str) else name,
-            "input_size": list(size), "twin": tw, "repeats": repeats, "warmup": warmup, "fold_bn": fold_bn,
+            "input_size": list(size), "twin": tw, "twin_kwargs": twin_kwargs, "repeats": repeats, "warmup": warmup, "fold_bn": fold_bn,
             "engine_path": engine.best_path(), "engine_threads": engine.thread_backend(), "machine": machine_info(),
             "commit": git_commit(), "runs": runs}
 

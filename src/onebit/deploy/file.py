@@ -377,8 +377,10 @@ def _parse(raw: bytes, where: str) -> tuple:
 
 def _read(path) -> tuple:
     p = Path(path)
+    if p.is_dir():
+        raise PackedFileError(f"{str(p)!r} is a directory, not a packed file; give the path of the file itself")
     if not p.is_file():
-        raise PackedFileError(f"packed file {str(p)!r} does not exist" + (" (it is a directory)" if p.is_dir() else ""))
+        raise PackedFileError(f"packed file {str(p)!r} does not exist")
     try:
         raw = p.read_bytes()
     except OSError as e:

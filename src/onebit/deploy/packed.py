@@ -23,7 +23,8 @@ whose binarizers it can reproduce bit for bit (any sign estimator: STE, clipped 
 ReSTE, a hard progressive binarizer; RSign over one of those; for the weights, anything whose
 output is exactly +-1).  It keeps as they are: layers with real inputs or real weights (nothing to
 pack), and, with a :class:`PackWarning`, binary layers it does not know (other BinaryLayer classes,
-overridden forwards, unknown binarizers, weights not exactly +-1): never silently wrong.
+overridden forwards, unknown binarizers, weights not exactly +-1) and leaf layers of classes from
+neither torch nor onebit (kept in float32 PyTorch): never silently wrong.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from . import engine
 
 
 class PackWarning(UserWarning):
-    """A binary layer pack() cannot reproduce exactly and therefore leaves unpacked."""
+    """A layer pack() cannot reproduce exactly or does not know, and therefore leaves unpacked."""
 
 
 class NotPackable(Exception):
@@ -846,7 +847,8 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     """A copy of ``model`` (eval mode) with every packable binary layer replaced by its packed twin.
 
     Packs BinaryConv2d / BinaryLinear with binary inputs and weights; keeps layers with real inputs
-    or weights; keeps, with a PackWarning, binary layers it cannot reproduce exactly.  Raises
+    or weights; keeps, with a PackWarning, binary layers it cannot reproduce exactly and leaf layers of
+    classes from neither torch nor onebit (in float32).  Raises
     ValueError (naming the layer) if the model or a binary layer is in training mode.
     ``fold_bn=True`` also folds eval BatchNorms that directly follow a packed layer (BinaryUnit,
     BiFC, nn.Sequential neighbours) into its scale and bias and replaces them by nn.Identity.
@@ -904,4 +906,16 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     _swap_pools(out)
     from .attention import swap_attention
     swap_attention(out)
+    _warn_unknown_leaves(out)
     return out
+
+
+def _warn_unknown_leaves(model: nn.Module) -> None:
+    """A PackWarning for each leaf module of a class from neither torch nor onebit (the user's own
+    layers): pack() leaves it as it is, in float32 PyTorch.  BinaryLayers were warned about above."""
+    for name, m in model.named_modules():
+        if not name or next(m.children(), None) is not None or isinstance(m, BinaryLayer):
+            continue
+        if not type(m).__module__.startswith(("torch.", "onebit.")):
+            warnings.warn(f"pack: keeping {name!r} ({type(m).__name__}) in float32: the packer does not know this "
+                          f"layer; it runs in PyTorch as before", PackWarning, stacklevel=3)

@@ -40,7 +40,7 @@ def model_factory(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; `onebit list-models` lists the {len(_MODELS)} names")
+        raise ValueError(f"unknown model {name!r}{hint}; `onebit list-models` lists the {len(list_models())} names")
     return _MODELS[name]
 
 
