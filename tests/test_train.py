@@ -539,10 +539,25 @@ def test_zoo_roundtrip(tmp_path, monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), ref(x))
     assert zoo.meta("tiny_synthetic")["class_names"] == meta["class_names"]
+    assert model.pretrained_cfg["class_names"] == meta["class_names"] and "mean" in model.pretrained_cfg
     fresh = onebit.create_model("tiny_synthetic")  # architecture only
     assert not torch.equal(fresh.fc.weight, model.fc.weight)
     with pytest.raises(ValueError, match="no zoo weights for 'resnet20'"):
         onebit.create_model("resnet20", pretrained=True)
+
+
+def test_atomic_writes_get_a_new_files_usual_mode(tmp_path):
+    import os
+    mask = os.umask(0o022)
+    try:
+        C.save_atomic({"x": 1}, tmp_path / "a.pt")
+        assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
+        os.umask(0o077)
+        C.save_atomic({"x": 1}, tmp_path / "b.pt")
+        assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_zoo_add_refuses_to_replace_without_force(tmp_path, monkeypatch, capsys):

@@ -23,6 +23,12 @@ import torch
 import torch.nn as nn
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, write) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it and rename it over ``path``:
     a reader sees the old file or the whole new one, never a half-written one."""
@@ -34,6 +40,7 @@ def write_atomic(path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600: give it a new file's usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -42,10 +42,12 @@ def load_with_meta(name: str, **kwargs) -> tuple[nn.Module, dict]:
     model = build_model(info)
     load_state(model, load_file(str(ZOO_DIR / f"{name}.safetensors")), f"zoo entry {name!r}")
     model.registry_name = name
+    model.pretrained_cfg = dict(info)  # class names, mean / std, input size, recipe (as timm's pretrained_cfg)
     return model.eval(), info
 
 
 def load(name: str, **kwargs) -> nn.Module:
+    """The zoo model in eval mode; its meta (class names, normalisation...) is ``model.pretrained_cfg``."""
     return load_with_meta(name, **kwargs)[0]
 
 
@@ -68,6 +70,6 @@ def add(checkpoint, name: str, zoo_dir=None, force: bool = False) -> Path:
             "epochs": extra.get("epochs"), "wall_time_s": extra.get("wall_time_s"),
             "machine": extra.get("machine"), "data": extra.get("data")}
     C.write_atomic(out / f"{name}.json", lambda f: f.write((_json.dumps(info, indent=2) + "\n").encode()))
-    for suffix in (".safetensors", ".json"):  # package data, readable by all (mkstemp made them 0600)
+    for suffix in (".safetensors", ".json"):  # package data: readable by all, whatever the umask
         (out / f"{name}{suffix}").chmod(0o644)
     return out / f"{name}.safetensors"
