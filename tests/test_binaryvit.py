@@ -181,6 +181,8 @@ def test_spatial_reduction_attention_shapes_and_errors():
                   mlp_ratios=(2, 2, 2), sr_ratios=(1, 1, 1), pool="gap")
     with pytest.raises(ValueError, match="cls token"):
         onebit.create_model("binaryvit_cifar_baseline", pool_branches=True)
+    with pytest.raises(ValueError, match="merge='real' sets the patch merging between stages, but this model has one"):
+        onebit.create_model("binaryvit_cifar_gap", merge="real")
 
 
 def test_table4_parameters_and_operations():

@@ -118,7 +118,7 @@ class BinaryViT(nn.Module):
                  embed_dims: Sequence[int] = (384,), depths: Sequence[int] = (12,), heads: Sequence[int] = (6,),
                  mlp_ratios: Sequence[int] = (4,), sr_ratios: Sequence[int] = (1,), pool: str = "cls",
                  pool_branches: bool = False, residual_scale: str | None = None, ls_init: float = 0.1,
-                 merge: str = "binary", binary: bool = True, act: Spec = "clipped_ste",
+                 merge: str | None = None, binary: bool = True, act: Spec = "clipped_ste",
                  weight: Spec = "clipped_ste", alpha_grad: str = "lsq"):
         super().__init__()
         n = len(embed_dims)
@@ -129,6 +129,9 @@ class BinaryViT(nn.Module):
             raise ValueError(f"pool must be 'cls' or 'gap', got {pool!r}")
         if pool == "cls" and (n > 1 or pool_branches):
             raise ValueError("a cls token works with one stage and no pooling branches; use pool='gap'")
+        if merge is not None and n == 1:
+            raise ValueError(f"merge={merge!r} sets the patch merging between stages, but this model has one stage")
+        merge = merge or "binary"
         if merge not in ("binary", "real"):
             raise ValueError(f"merge must be 'binary' or 'real', got {merge!r}")
         if img_size % patch_size:
