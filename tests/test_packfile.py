@@ -83,12 +83,35 @@ def test_file_is_standard_safetensors(small):
     model, path, _ = small
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
-        assert meta["format"] == "onebit.packed" and meta["format_version"] == "1"
+        assert meta["format"] == "onebit.packed" and meta["format_version"] == "2"
         assert json.loads(meta["model_kwargs"]) == {}
         bits = [k for k in f.keys() if k.endswith("weight_bits")]
         assert bits
     n = int.from_bytes(path.read_bytes()[:8], "little")
     assert hashlib.sha256(path.read_bytes()[8 + n:]).hexdigest() == meta["sha256_data"]
+
+
+def test_rows_are_stored_without_alignment_words_and_version_1_files_still_load(tmp_path, monkeypatch):
+    """Version 2 stores each conv row's reduction words only (64-channel 3x3 rows: 9 words, 16 in
+    memory); a version 1 file, with the zero words, loads to the same model."""
+    from safetensors import safe_open
+    from onebit.deploy import file as F
+    model = onebit.create_model("bireal_resnet18_cifar").eval()
+    new = deploy.save(model, tmp_path / "v2.onebit")
+    monkeypatch.setattr(F, "VERSION", 1)
+    old = deploy.save(model, tmp_path / "v1.onebit")
+    monkeypatch.undo()
+    with safe_open(str(new), "pt") as f2, safe_open(str(old), "pt") as f1:
+        assert f2.metadata()["format_version"] == "2" and f1.metadata()["format_version"] == "1"
+        k = next(k for k in f2.keys() if k.endswith("weight_bits") and f2.get_slice(k).get_shape()[1] == 9)
+        assert f1.get_slice(k).get_shape()[1] == 16
+    assert new.stat().st_size < old.stat().st_size
+    a, b = deploy.load(new), deploy.load(old)
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a(x), model(x)) and torch.equal(b(x), model(x))
+    assert deploy.read_info(old)["format_version"] == 1 and deploy.read_info(new)["format_version"] == 2
 
 
 def test_user_model_needs_a_registry_name(tmp_path):
@@ -247,7 +270,7 @@ CORRUPTIONS = {
     "offsets_overlap": (edit(lambda h: [_set(h, k, "data_offsets", [0, v["data_offsets"][1] - v["data_offsets"][0]])
                                         for k, v in list(h.items())[-2:]]), "overlaps|unused"),
     "offsets_not_ints": (edit(lambda h: _set(h, _first(h), "data_offsets", [0.0, 8.0])), "bad data_offsets"),
-    "wrong_version": (edit(lambda h: h["__metadata__"].update(format_version="2")), "version"),
+    "wrong_version": (edit(lambda h: h["__metadata__"].update(format_version="3")), "version"),
     "wrong_format": (edit(lambda h: h["__metadata__"].update(format="other")), "not an onebit packed file"),
     "no_metadata": (edit(lambda h: h.pop("__metadata__"), forge=False), "metadata"),
     "missing_checksum": (edit(lambda h: h["__metadata__"].pop("sha256_data")), "lacks sha256_data"),

@@ -8,11 +8,12 @@ The file is a plain safetensors file (docs/deploy.md):
     [8 bytes: N, little-endian u64] [N bytes: JSON header, space-padded] [data region]
 
 holding the packed model's state dict: the packed layers' ``weight_bits`` as ``U64`` (the engine's
-uint64 words, 1 bit per binary weight; loaded back into the layers' int64 buffers bit for bit),
-everything else in its own dtype.  Tensors are laid out back to back, 8-byte types first, so
+uint64 words, 1 bit per binary weight; from version 2 each row holds only the words of its reduction,
+without the zero words that align it in memory, which load adds back; loaded into the layers' int64
+buffers bit for bit), everything else in its own dtype.  Tensors are laid out back to back, 8-byte types first, so
 every tensor is aligned.  ``__metadata__`` (string values) holds
 
-    format          "onebit.packed"               format_version  "1"
+    format          "onebit.packed"               format_version  "2" (version 1, aligned rows, is read too)
     model           registry name                 model_kwargs    JSON: create_model's kwargs
     progress        JSON: binarizer schedule t    pack            JSON: {"fold_bn", "int8_layers"}
     meta            JSON: class_names, mean, std, input_size, recipe... (empty for a bare model)
@@ -51,7 +52,8 @@ from .packed import PackedBinaryConv2d, PackedBinaryLinear, PackWarning, pack
 from .quant import Int8Conv2d, Int8Linear, quantize_int8
 
 FORMAT = "onebit.packed"
-VERSION = 1
+VERSION = 2
+READS = ("1", "2")  # version 1 stored weight_bits rows with their alignment words
 MAX_HEADER = 16 << 20  # bytes; a real header is a few tens of kB
 
 # safetensors dtype -> (NumPy dtype of the bytes, torch dtype in the model)
@@ -99,6 +101,12 @@ def _bits_names(model: nn.Module) -> set:
             if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))}
 
 
+def _row_words(model: nn.Module) -> dict:
+    """{weight_bits key: words of its rows' reduction} (the rows are longer in memory: aligned)."""
+    return {f"{n}.weight_bits" if n else "weight_bits": m._reduction_words() for n, m in model.named_modules()
+            if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))}
+
+
 def _label(name: str, t: torch.Tensor, bits: set) -> str:
     if name in bits:
         return "U64"
@@ -107,10 +115,14 @@ def _label(name: str, t: torch.Tensor, bits: set) -> str:
     return LABELS[t.dtype]
 
 
-def _structure(model: nn.Module) -> dict:
-    """{state dict key: (shape, file dtype)}: what a file of this model holds."""
+def _structure(model: nn.Module, version: int = VERSION) -> dict:
+    """{state dict key: (shape, file dtype)}: what a file of this model holds (in ``version``'s layout)."""
     bits = _bits_names(model)
-    return {k: (tuple(v.shape), _label(k, v, bits)) for k, v in model.state_dict().items()}
+    out = {k: (tuple(v.shape), _label(k, v, bits)) for k, v in model.state_dict().items()}
+    if version >= 2:
+        for k, words in _row_words(model).items():
+            out[k] = ((out[k][0][0], words), out[k][1])
+    return out
 
 
 def _diff(want: dict, got: dict) -> str:
@@ -264,6 +276,8 @@ def save(model: nn.Module, path, *, name: Optional[str] = None, config: Optional
     }
     bits = _bits_names(packed)
     state = packed.state_dict()
+    if VERSION >= 2:  # rows without their alignment words
+        state.update({k: state[k][:, :words] for k, words in _row_words(packed).items()})
     data = _encode(state, {k: _label(k, v, bits) for k, v in state.items()}, metadata)
     _write_atomic(data, path)
     return path
@@ -314,8 +328,8 @@ def _parse(raw: bytes, where: str) -> tuple:
     if meta.get("format") != FORMAT:
         fail(f"format {meta.get('format')!r} is not {FORMAT!r}: not an onebit packed file")
     version = meta.get("format_version")
-    if version != str(VERSION):
-        fail(f"format version {version!r} is not supported (this onebit reads version {VERSION}); "
+    if version not in READS:
+        fail(f"format version {version!r} is not supported (this onebit reads versions {', '.join(READS)}); "
              f"use the onebit that wrote it")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
@@ -370,7 +384,7 @@ def _parse(raw: bytes, where: str) -> tuple:
     if not ok:
         fail("metadata model_kwargs / progress / pack / meta are not the expected JSON")
     info = {**extra, "model": meta["model"], "model_kwargs": config, "progress": progress,
-            "pack": {"fold_bn": fold_bn, "int8_layers": int8}, "format_version": VERSION, "file_bytes": size,
+            "pack": {"fold_bn": fold_bn, "int8_layers": int8}, "format_version": int(version), "file_bytes": size,
             "onebit_version": meta.get("onebit_version")}
     return header, data_start, info
 
@@ -404,7 +418,7 @@ def load_with_meta(path) -> tuple[nn.Module, dict]:
         raise PackedFileError(f"{where}: cannot rebuild model {info['model']!r} from its config "
                               f"({type(e).__name__}: {str(e)[:120]}); was it written by another onebit version?") from None
     stored = {k: (tuple(e["shape"]), e["dtype"]) for k, e in header.items() if k != "__metadata__"}
-    why = _diff(_structure(model), stored)
+    why = _diff(_structure(model, info["format_version"]), stored)
     if why:
         raise PackedFileError(f"{where}: tensors do not match model {info['model']!r}: {why}")
     state = {}
@@ -416,6 +430,10 @@ def load_with_meta(path) -> tuple[nn.Module, dict]:
         if t.dtype != torch_dtype:  # BF16, BOOL: same-size views
             t = t.view(torch_dtype)
         state[k] = t
+    own = model.state_dict()
+    for k in _row_words(model):  # version 2: the alignment words back, zero
+        if state[k].shape != own[k].shape:
+            state[k] = torch.cat([state[k], state[k].new_zeros(state[k].shape[0], own[k].shape[1] - state[k].shape[1])], 1)
     model.load_state_dict(state, strict=True)
     return model.eval(), info
 
