@@ -282,7 +282,7 @@ def test_nan_before_the_first_checkpoint_leaves_nothing(tmp_path, monkeypatch):
     command, with a lower lr, can simply be rerun) and the message says so."""
     recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=2)))
     monkeypatch.setattr("onebit.train.loop.F.cross_entropy", lambda *a, **k: torch.tensor(float("nan")))
-    with pytest.raises(TrainingDiverged, match="no checkpoint was written and the run directory was not kept"):
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written, so the run's files were removed"):
         train(recipe, tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
 
@@ -315,6 +315,7 @@ def test_non_finite_weights_with_a_finite_loss_stop_the_run(tmp_path, monkeypatc
     kept = C.load(tmp_path / "run" / "last.pt")
     assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
     assert len(rows(tmp_path / "run")) == 1
+    assert len((tmp_path / "run" / "histograms.jsonl").read_text().splitlines()) == 1
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):

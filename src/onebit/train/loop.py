@@ -406,9 +406,6 @@ class Run:
             if tcfg["indicators"]:
                 row.update({k: v for k, v in diagnostics.estimator_indicators(
                     diagnostics.latent_weights(model), o or 1.0).items() if k != "o"})
-            with open(self.out / "histograms.jsonl", "a") as f:
-                f.write(json.dumps({"stage": stage["name"], "epoch": epoch + 1,
-                                    **diagnostics.latent_histogram(model)}) + "\n")
             if val_loader is not None:
                 ev = evaluate(model, val_loader, list(self.train_ds.class_names))
                 if not math.isfinite(ev["loss"]):
@@ -425,6 +422,9 @@ class Run:
                         writer.add_scalar(f"{stage['name']}/{k}", v, epoch + 1)
             if is_best:
                 best = dict(row)
+            with open(self.out / "histograms.jsonl", "a") as f:  # (after the checks above: a stopped epoch writes nothing)
+                f.write(json.dumps({"stage": stage["name"], "epoch": epoch + 1,
+                                    **diagnostics.latent_histogram(model)}) + "\n")
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             self.log(f"{tag}epoch {epoch + 1}/{epochs}  loss {row['train_loss']:.4f}  train {row['train_top1']:.2f}%"
@@ -445,8 +445,8 @@ class Run:
         """What a diverged run leaves: its last good checkpoint, or nothing."""
         last = self.out / "last.pt"
         if last.exists():
-            return f"the last good checkpoint is {last} (continue it with --resume)"
-        return "no checkpoint was written and the run directory was not kept"
+            return f"the last good checkpoint is {last}"
+        return "no checkpoint was written, so the run's files were removed"
 
     def tensorboard(self):
         try:
