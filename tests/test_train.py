@@ -684,3 +684,46 @@ def test_compiled_training_run(tmp_path):
     assert rows(runs[True])[-1]["reste_o"] == pytest.approx(3.0)
     model, _ = C.load_model(runs[True] / "best.pt")
     assert not any(k.startswith("_orig_mod") for k in comp) and model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+def test_cli_eval_on_cifar_pickles_and_download_flags(tmp_path, monkeypatch, capsys):
+    """`onebit eval CKPT --data ROOT` on the CIFAR python pickles (classes matched by name, test split);
+    --download offline says what to do; train --download is for CIFAR recipes and new runs only."""
+    import urllib.error
+    from pathlib import Path
+    from onebit.data import CIFAR10_CLASSES
+    import onebit.data.cifar as cifar_module
+    from test_data import fake_cifar10  # (tests/ is on sys.path under pytest's default import mode)
+    fake_cifar10(tmp_path)
+    md5 = cifar_module.CIFAR["cifar10"].md5  # the fake files pass as the official ones
+    monkeypatch.setattr(cifar_module, "file_md5", lambda p: md5.get(Path(p).name, ""))
+    names = list(reversed(CIFAR10_CLASSES))  # the model's own class order
+    model = onebit.create_model("resnet20").eval()
+    C.save_atomic({"model": model.state_dict(), "meta": {
+        "model": "resnet20", "model_kwargs": {}, "class_names": names, "mean": [0.5] * 3, "std": [0.25] * 3,
+        "input_size": [3, 32, 32]}}, tmp_path / "m.pt")
+    assert cli(["eval", str(tmp_path / "m.pt"), "--data", str(tmp_path), "--split", "test", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 4 and list(res["per_class"]) == names
+    assert cli(["eval", str(tmp_path / "m.pt"), "--data", str(tmp_path), "--split", "val"]) == 2
+    assert "use --split test" in capsys.readouterr().err
+    monkeypatch.setattr(cifar_module.urllib.request, "urlopen",
+                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("offline")))
+    assert cli(["eval", str(tmp_path / "m.pt"), "--data", str(tmp_path / "none"), "--split", "test",
+                "--download"]) == 2
+    assert "could not download" in capsys.readouterr().err
+    p = tiny_recipe(tmp_path, epochs=1)
+    assert cli(["train", "--recipe", str(p), "--out", str(tmp_path / "r"), "--download"]) == 2
+    assert "--download fetches CIFAR-10/100" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert cli(["train", "--out", str(tmp_path / "r"), "--resume", "--download"]) == 2
+    assert "a resumed run reads the data it was started with" in capsys.readouterr().err
+
+
+def test_eval_classes_are_matched_by_name():
+    from onebit.cli import _in_model_order
+    from onebit.data import ArrayDataset
+    ds = ArrayDataset(np.zeros((3, 2, 2, 3), np.uint8), [0, 1, 2], ["a", "b", "c"])
+    out = _in_model_order(ds, ["c", "a", "b"])
+    assert out.labels.tolist() == [1, 2, 0] and out.class_names == ["c", "a", "b"]
+    with pytest.raises(ValueError, match="are not the model's"):
+        _in_model_order(ds, ["a", "b", "d"])

@@ -28,6 +28,11 @@ def cmd_train(args) -> int:
     if args.resume and (args.recipe or args.force):
         raise ValueError(f"--resume continues the run in --out with its own recipe: drop "
                          f"{'--recipe' if args.recipe else '--force'} (or drop --resume to start a new run)")
+    if args.download and args.resume:
+        raise ValueError("--download starts a new run's data; a resumed run reads the data it was started with "
+                         "(--set data.root=PATH if it moved)")
+    if args.download:
+        args.set = (args.set or []) + ["data.download=true"]
     if args.resume:  # the run's own recipe is used; only where the data lives and the thread count may change
         for s in args.set or []:
             key, _, value = s.partition("=")
@@ -43,6 +48,9 @@ def cmd_train(args) -> int:
         raise ValueError("train needs --recipe NAME|FILE (or --resume to continue a run)")
     else:
         recipe = load_recipe(args.recipe, args.set or [])
+        if args.download and recipe["data"]["name"] not in ("cifar10", "cifar100"):
+            raise ValueError(f"--download fetches CIFAR-10/100, but recipe {recipe['name']!r} reads "
+                             f"data.name={recipe['data']['name']}: put its data in place (data.root)")
     res = train(recipe, args.out, resume=args.resume, force=args.force, quiet=args.quiet, data_root=data_root,
                 threads=threads)
     if res.get("interrupted"):
@@ -78,11 +86,54 @@ def load_for_eval(spec: str, packed: bool = False):
     return load_model(spec)
 
 
-def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict | None = None):
+def _cifar_name(root, n_classes: int, download: bool) -> str | None:
+    """'cifar10' / 'cifar100' when ROOT holds that data set's python pickles (ROOT/cifar-10-batches-py
+    or the folder itself), or, with ``download``, the one with the model's number of classes."""
+    from .data.cifar import cifar_dir
+    for name, meta_file in (("cifar10", "batches.meta"), ("cifar100", "meta")):
+        if (cifar_dir(root, name) / meta_file).is_file():
+            return name
+    if download:
+        if n_classes not in (10, 100):
+            raise ValueError(f"--download fetches CIFAR-10 or CIFAR-100, but the model has {n_classes} classes")
+        return "cifar10" if n_classes == 10 else "cifar100"
+    return None
+
+
+def _in_model_order(ds, class_names: list[str]):
+    """``ds`` with its labels renumbered to the model's class order (classes matched by name)."""
+    import numpy as np
+    from . import data as D
+    if list(ds.class_names) == list(class_names):
+        return ds
+    if sorted(ds.class_names) != sorted(class_names):
+        raise ValueError(f"the data's classes ({', '.join(ds.class_names)}) are not the model's "
+                         f"({', '.join(class_names)})")
+    order = np.array([list(class_names).index(n) for n in ds.class_names])
+    return D.ArrayDataset(ds.images, order[ds.labels], list(class_names))
+
+
+def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict | None = None,
+                 download: bool = False):
     """``data``'s ``split``; for ``val`` on a folder with train/ but no val/, the seeded hold-out of
-    train/ that the model was validated on (``val_split``, from its recipe), when it has one."""
+    train/ that the model was validated on (``val_split``, from its recipe), when it has one.  A ROOT
+    holding the CIFAR-10/100 python pickles (``download``: fetched there if missing) gives their test
+    split, or the hold-out of their training split for ``val``."""
     from pathlib import Path
     from . import data as D
+    cifar = _cifar_name(Path(data), len(class_names), download) if data != "sample" else None
+    if cifar:
+        from .data.loader import _holdout
+        if split == "val":
+            if not val_split:
+                raise ValueError(f"the {cifar} pickles have a train and a test split and the model's recipe held out "
+                                 f"no validation split: use --split test")
+            train = _in_model_order(D.load_cifar(data, cifar, "train", download=download), class_names)
+            return _holdout(train, val_split)[1]
+        return _in_model_order(D.load_cifar(data, cifar, split, download=download), class_names)
+    if download:
+        raise ValueError("--download fetches CIFAR-10/100 for models with 10 or 100 classes; --data 'sample' or an "
+                         "image folder needs no download")
     if data == "sample":
         ds = D.load_sample("val" if split == "val" else split)
         if list(ds.class_names) != list(class_names):
@@ -96,7 +147,7 @@ def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict 
     return D.load_image_folder(data, split, class_names=class_names)
 
 
-def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: bool = False):
+def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: bool = False, download: bool = False):
     """A loader over ``data``/``split`` prepared as the model expects (its size and normalisation)."""
     from . import data as D
     lacking = [k for k in ("class_names", "mean", "std", "input_size") if k not in meta]
@@ -104,7 +155,7 @@ def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: boo
         raise ValueError(f"the model has no {', '.join(lacking)} (a bare registry model, or a checkpoint not "
                          f"written by onebit train); evaluate a run's best.pt or last.pt, zoo:NAME, or a file "
                          f"packed from one of those")
-    ds = eval_dataset(data, split, meta["class_names"], (meta.get("data") or {}).get("val_split"))
+    ds = eval_dataset(data, split, meta["class_names"], (meta.get("data") or {}).get("val_split"), download)
     size = meta["input_size"][-1]
     tf = D.Normalize(meta["mean"], meta["std"])
     if not ds.is_stacked or ds.images.shape[1] != size:
@@ -120,7 +171,7 @@ def cmd_eval(args) -> int:
         writable_out(args.png, "--png")
         require_matplotlib()  # before the evaluation, not after it
     model, meta = load_for_eval(args.checkpoint, packed=True)
-    loader = eval_loader(args.data, args.split, meta, args.batch_size)
+    loader = eval_loader(args.data, args.split, meta, args.batch_size, download=args.download)
     res = evaluate(model, loader, list(meta["class_names"]))
     res = {"checkpoint": args.checkpoint, "data": args.data, "split": args.split, **res}
     if args.png:
@@ -476,6 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--force", action="store_true", help="start over in an existing run directory")
+    p.add_argument("--download", action="store_true",
+                   help="CIFAR recipes: fetch the data set into data.root if it is not there (= --set data.download=true)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=cmd_train)
     p = sub.add_parser("eval", help="evaluate a checkpoint or zoo:NAME on an image folder")
@@ -485,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--png", help="also write the confusion matrix as a PNG here (needs matplotlib)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
+    p.add_argument("--download", action="store_true",
+                   help="CIFAR-10/100: fetch the python pickles into --data ROOT if they are not there")
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("landscape", help="2-D loss landscape (Li et al. 2018) of a checkpoint: PNGs and the grid")
     p.add_argument("checkpoint", help="checkpoint path or zoo:NAME")
