@@ -5,6 +5,7 @@ OPs 1.640e8, BN FLOPs 0.025e8, OPs+ 1.665e8), 004 Table 2 (Bi-RealNet-18: BOPs 1
 FLOPs 1.39e8, OPs 1.65e8; Bi-RealNet-34: 3.53e9, 1.39e8, 1.94e8), 000 Table 4 (ResNet-34
 OPs 1.93e8), 003 Table 1 (float ResNet-18: 1.82 GMac), 000 Appendix B (capabilities).
 """
+import copy
 import json
 import warnings
 
@@ -337,6 +338,36 @@ def test_landscape_directions_and_centre():
         assert res["loss"][1][1] == pytest.approx(F.cross_entropy(m(x), y).item(), rel=1e-5)
     assert res["loss"][0][0] != pytest.approx(res["loss"][1][1], rel=1e-6)  # the corners moved
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    # grid points off the centre, recomputed here: two directions drawn from one generator seeded with
+    # `seed` (default 0), d1 then d2, each a randn per parameter of 2+ dimensions in parameters() order
+    # (1-D parameters: no draw, no move), each filter (output channel) rescaled to the norm of the same
+    # filter of the weights; grid[i][j] is the loss at theta0 + alpha_i d1 + beta_j d2,
+    # alpha = beta = linspace(-span, span, resolution) = (-0.5, 0, 0.5)
+    assert res["alpha"] == res["beta"] == [-0.5, 0.0, 0.5]
+    g = torch.Generator().manual_seed(0)
+    params = list(m.parameters())
+
+    def direction():
+        out = []
+        for p in params:
+            if p.dim() <= 1:
+                out.append(torch.zeros_like(p))
+                continue
+            r = torch.randn(p.shape, generator=g)
+            f = [r[k] * (p[k].detach().norm() / r[k].norm()) for k in range(p.shape[0])]  # filter by filter
+            out.append(torch.stack(f))
+        return out
+
+    d1, d2 = direction(), direction()
+    moved = copy.deepcopy(m).eval()
+    for (i, j) in ((0, 0), (0, 2), (2, 1)):  # a corner, and two points that tell d1 from d2 and the signs
+        a, b = res["alpha"][i], res["beta"][j]
+        with torch.no_grad():
+            for q, p0, u, v in zip(moved.parameters(), params, d1, d2):
+                q.copy_(p0 + a * u + b * v)
+            want = F.cross_entropy(moved(x), y).item()
+        assert res["loss"][i][j] == pytest.approx(want, rel=1e-5), (i, j)
+    assert res["loss"][0][2] != pytest.approx(res["loss"][2][0], rel=1e-4)  # the two directions differ
 
 
 def test_cli_landscape_writes_pngs_and_grid(tmp_path, capsys):

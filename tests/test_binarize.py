@@ -1,6 +1,7 @@
 """Estimators against their closed forms: forward values, gradients, schedules, errors."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,40 @@ def test_identity_ste_gradient():
 def test_clipped_ste_gradient(c):
     _, g = grad_of(binarize.get("clipped_ste", c=c), POINTS)
     assert g.tolist() == [1.0 if abs(p) <= c else 0.0 for p in POINTS]
+
+
+def _next_up(c: float, dtype: torch.dtype) -> torch.Tensor:
+    """The representable value right above c > 0 in ``dtype``, computed independently of torch.nextafter:
+    c + ulp(c), ulp(c) = 2^(e - p) for c = f 2^e, f in [0.5, 1), p significant bits (24 float32, 11
+    float16, 8 bfloat16); cross-checked with numpy's nextafter where numpy has the dtype."""
+    bits = {torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}[dtype]
+    _, e = math.frexp(c)
+    up = c + 2.0 ** (e - bits)
+    if dtype in (torch.float32, torch.float16):
+        np_dtype = np.float32 if dtype is torch.float32 else np.float16
+        assert float(np.nextafter(np_dtype(c), np_dtype(np.inf))) == up
+    t = torch.tensor(up, dtype=dtype)
+    assert t.item() == up  # representable: no rounding happened
+    # and adjacent: the midpoint between c and up is not representable (it rounds to c or up)
+    assert torch.tensor((c + up) / 2, dtype=dtype).item() in (c, up)
+    return t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("c", [1.0, 1.5, 0.25])
+def test_clipped_ste_gradient_window_in_low_precision(c, dtype):
+    """The window |x| <= c is closed, and exactly one ulp wide at its edge in every dtype: +-c passes
+    the gradient, the next representable values outside do not."""
+    cd = torch.tensor(c, dtype=dtype)
+    assert cd.item() == c  # c is exact in the dtype, so "|x| <= c" is unambiguous
+    up = _next_up(c, dtype)
+    assert up.item() > c
+    x = torch.stack([cd, -cd, up, -up]).requires_grad_(True)
+    y = binarize.get("clipped_ste", c=c)(x)
+    assert y.dtype == dtype and y.tolist() == [1.0, -1.0, 1.0, -1.0]
+    y.backward(torch.full_like(y, 3.0))
+    assert x.grad.dtype == dtype
+    assert x.grad.tolist() == [3.0, 3.0, 0.0, 0.0]
 
 
 def test_approx_sign_gradient():
@@ -112,6 +147,37 @@ def test_reste_progressive_schedules(schedule, mid):
     # the gradient follows the scheduled o
     _, g = grad_of(b, [0.5])
     assert g.item() == pytest.approx(reste_expected(0.5, 3.0))
+
+
+@pytest.mark.parametrize("kind,t,expect", [
+    # power p = 3 (not the default 2): start + (end - start) t^p
+    ("power", 0.5, 2.0 + (7.0 - 2.0) * 0.5 ** 3),
+    ("power", 0.25, 2.0 + (7.0 - 2.0) * 0.25 ** 3),
+    # cos: start + (end - start) (1 - cos(pi t / 2))
+    ("cos", 0.25, 2.0 + (7.0 - 2.0) * (1 - math.cos(math.pi / 8))),
+    ("cos", 0.5, 2.0 + (7.0 - 2.0) * (1 - math.sqrt(0.5))),
+    # linear: start + (end - start) t
+    ("linear", 0.25, 2.0 + (7.0 - 2.0) * 0.25),
+    ("fixed", 0.25, 7.0),
+])
+def test_schedule_closed_forms_off_the_defaults(kind, t, expect):
+    """The documented formulas with start = 2 (not 1), end = 7 and power = 3 (not 2)."""
+    s = binarize.Schedule(2.0, 7.0, kind, power=3)
+    assert s(t) == pytest.approx(expect, rel=1e-15, abs=0)
+    if kind != "fixed":
+        assert s(0.0) == 2.0 and s(1.0) == pytest.approx(7.0, rel=1e-15)
+    # and through ReSTE's own options (start is always 1 there): o = 1 + (o_end - 1) t^p
+    if kind == "power":
+        b = binarize.get("reste", o_end=4, schedule="power", power=3)
+        b.set_progress(t)
+        assert b.o == pytest.approx(1 + 3 * t ** 3, rel=1e-15)
+
+
+def test_schedule_decreasing_and_fractional_power():
+    # end < start, and a fractional power: the same formula, no clamping or reordering
+    s = binarize.Schedule(5.0, 1.0, "power", power=0.5)
+    assert s(0.25) == pytest.approx(5.0 - 4.0 * 0.5, rel=1e-15)
+    assert binarize.Schedule(5.0, 1.0, "cos")(1 / 3) == pytest.approx(5.0 - 4.0 * (1 - math.cos(math.pi / 6)))
 
 
 def test_reste_default_is_cos_to_3():
@@ -202,7 +268,15 @@ def test_lsq_round_clip_forward_and_gradients():
 
 def test_set_progress_counts_and_validates():
     m = onebit.create_model("bireal_resnet20", input_binarizer="reste", weight_binarizer="reste")
-    assert onebit.set_progress(m, 0.25) >= 36
+    # bireal_resnet20: 3 stages x 3 basic blocks x 2 binary units (Bi-Real: one unit per 3x3 conv) =
+    # 18 BinaryConv2d, each with an input and a weight binarizer (both ReSTE here) = 36 modules with a
+    # set_progress.  The stem conv, the shortcuts (zero padding) and the fc are real-valued: none.
+    convs = [mod for mod in m.modules() if type(mod).__name__ == "BinaryConv2d"]
+    restes = [mod for mod in m.modules() if isinstance(mod, binarize.ReSTE)]
+    assert len(convs) == 3 * 3 * 2 and len(restes) == 2 * len(convs)
+    assert onebit.set_progress(m, 0.25) == 36
+    o = 1 + 2 * (1 - math.cos(math.pi * 0.25 / 2))  # every one of them moved to the cos schedule at t
+    assert all(r.progress == 0.25 and r.o == pytest.approx(o, rel=1e-15) for r in restes)
     for bad in (-0.1, 1.5, "half", float("nan")):
         with pytest.raises(ValueError, match="progress"):
             onebit.set_progress(m, bad)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import onebit
 from onebit.analysis import PAPER_VIT_FLOPS, capability, complexity
+from onebit.binarize import LearnedStep
 from onebit.layers.attention import BinaryAttention
 from onebit.layers.bifc import BiFC, FeatureResidual
 from onebit.models.binaryvit import BinaryViT, Block, PoolBranches
@@ -17,8 +18,52 @@ def bn_eval(x, n):
     """An eval BatchNorm over the last (feature) dimension, written out."""
     return (x - n.running_mean) / torch.sqrt(n.running_var + n.eps) * n.weight + n.bias
 
+
+def bn_train(x, n):
+    """A training-mode BatchNorm over the last dimension, written out: the batch statistics over all
+    tokens (biased variance) normalise, the running statistics play no part."""
+    flat = x.reshape(-1, x.shape[-1])
+    return (x - flat.mean(0)) / torch.sqrt(flat.var(0, unbiased=False) + n.eps) * n.weight + n.bias
+
+
 def sgn(x):
     return torch.where(x >= 0, 1.0, -1.0)
+
+
+def sgn_st(x):
+    """sgn(x) forward; backward the default estimator (clipped STE, c = 1): g * 1{|x| <= 1}.  The
+    straight-through term x * mask - (x * mask).detach() is exactly 0 forward, mask backward."""
+    through = x * (x.abs() <= 1.0)
+    return sgn(x).detach() + (through - through.detach())
+
+
+def rprelu(x, r):
+    """RPReLU written out (ReActNet Eq. 4): x - gamma, slope * (x - gamma) below 0, then + zeta."""
+    y = x - r.shift_in
+    return torch.where(y >= 0, y, r.slope * y) + r.shift_out
+
+
+def bifc_ref(f, x, bn):
+    """BiFC (Eq. 1-3, equal widths) written out with straight-through signs; ``bn``: bn_eval or bn_train."""
+    w = f.linear.weight.detach()
+    wb = sgn(w - w.mean(1, keepdim=True)) * w.abs().mean(1, keepdim=True)
+    return rprelu(bn(sgn_st(x + f.linear.input_binarizer.shift.bias) @ wb.T, f.norm) + x, f.act)
+
+
+def attention_ref(att, h, bn):
+    """Binary MHA (Eq. 6-8, R = 1) written out with straight-through signs and a straight-through
+    Eq. 8 quantizer whose backward is 1{0 <= A / alpha_P <= 1}."""
+    b, n, c = h.shape
+    d = c // att.heads
+    q, k, v = (bifc_ref(f, h, bn) for f in (att.q, att.k, att.v))
+    qb, kb, vb = (sgn_st(t + s.shift.bias).view(b, n, att.heads, d).transpose(1, 2)
+                  for t, s in ((q, att.sign_q), (k, att.sign_k), (v, att.sign_v)))
+    a = torch.softmax(qb @ kb.transpose(-2, -1) / math.sqrt(d), -1)
+    s = att.prob.step.detach()
+    through = a * ((a / s >= 0) & (a / s <= 1))
+    p = (s * (a / s).clamp(0, 1).round()).detach() + (through - through.detach())
+    ctx = (p @ vb).transpose(1, 2).reshape(b, n, c)
+    return bifc_ref(att.proj, rprelu(bn(ctx, att.norm) + q + k + v, att.act), bn)
 
 
 def test_feature_residual_modes():
@@ -53,15 +98,25 @@ def test_bifc_closed_form():
 def test_attention_probabilities_are_zero_or_alpha_and_the_step_gradient(alpha_grad):
     """Inside attention, P is 0 or alpha_P (both occur at this alpha_P), and alpha_P's gradient is
     LSQ's closed form over the (batch, heads, N, M) softmax: sum g * (round(q) - q | 1 | 0) with
-    q = A / alpha_P, scaled by 1 / sqrt(heads * N * M) for "lsq" and unscaled for "bit"."""
+    q = A / alpha_P, scaled by 1 / sqrt(heads * N * M) for "lsq" and unscaled for "bit".  The
+    quantizer passes g * 1{0 <= q <= 1} to its input, and the gradient into the attention input h
+    is autograd's through attention_ref (training-mode BN, clipped-STE signs at |x| <= 1)."""
     torch.manual_seed(0)
     att = BinaryAttention(16, 2, alpha_grad=alpha_grad)
     with torch.no_grad():
         att.prob.step.fill_(0.12)  # softmax over 9 keys: values on both sides of alpha/2 and above alpha
+        for m in att.modules():
+            if isinstance(m, onebit.binarize.LearnableBias):
+                m.bias.uniform_(-0.3, 0.3)
+            elif isinstance(m, onebit.binarize.RPReLU):
+                m.shift_in.uniform_(-0.3, 0.3), m.slope.uniform_(0.1, 0.4), m.shift_out.uniform_(-0.3, 0.3)
+            elif isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 2), m.bias.uniform_(-1, 1)
     seen = {}
 
     def hook(m, i, o):
         seen["a"] = i[0].detach()
+        i[0].register_hook(lambda g: seen.setdefault("g_in", g))
         o.register_hook(lambda g: seen.setdefault("g", g))
         seen["p"] = o
 
@@ -71,16 +126,59 @@ def test_attention_probabilities_are_zero_or_alpha_and_the_step_gradient(alpha_g
     alpha, p = att.prob.step.item(), seen["p"]
     assert torch.all((p == 0) | ((p - alpha).abs() < 1e-7))
     assert (p == 0).any() and (p > 0).any() and (seen["a"] > alpha).any()
-    (out * torch.randn_like(out)).sum().backward()
+    g_out = torch.randn_like(out)
+    (out * g_out).sum().backward()
     q = seen["a"] / alpha
     dstep = torch.where((q >= 0) & (q <= 1), q.round() - q, torch.where(q > 1, 1.0, 0.0))
     scale = 1 / math.sqrt(q[0].numel()) if alpha_grad == "lsq" else 1.0
     expect = (seen["g"] * dstep).sum() * scale
     assert att.prob.step.grad.item() == pytest.approx(expect.item(), rel=1e-5, abs=1e-8)
-    assert h.grad is not None and att.sign_q.shift.bias.grad is not None
+    # (a) the quantizer's input gradient: the incoming one where 0 <= A / alpha_P <= 1, else 0
+    assert torch.equal(seen["g_in"], seen["g"] * ((q >= 0) & (q <= 1)))
+    # (b) h's gradient: autograd through the independent forward
+    h2 = h.detach().requires_grad_()
+    ref = attention_ref(att, h2, bn_train)
+    assert torch.allclose(ref, out, atol=1e-5)
+    (grad_ref,) = torch.autograd.grad(ref, h2, g_out)
+    assert grad_ref.abs().max() > 0.1 and torch.allclose(h.grad, grad_ref, rtol=1e-5, atol=1e-5)
+    assert att.sign_q.shift.bias.grad is not None
+
+
+@pytest.mark.parametrize("grad", ["lsq", "bit"])
+def test_learned_step_with_three_levels(grad):
+    """LearnedStep with Q_p = 3, s = 0.5 on a batch of two samples of 5: y = s round(clamp(x / s, 0, 3));
+    x's gradient g * 1{0 <= x / s <= 3}; s's gradient LSQ's sum g * (round(q) - q inside, Q_p above,
+    0 below), times 1 / sqrt(N Q_p) with N = 5 the elements of one sample ("lsq"), or 1 ("bit")."""
+    row = [-0.1, 0.2, 0.7, 1.4, 2.0]  # q = x / s = -0.2, 0.4, 1.4, 2.8, 4.0: below, inside x3, above
+    x = torch.tensor([row, [v / 2 for v in row]], requires_grad=True)
+    g = torch.tensor([[0.3, -1.2, 0.7, 2.0, -0.5], [1.1, 0.4, -0.9, 0.6, 1.5]])
+    lsq = LearnedStep(0.5, levels=3, grad=grad)
+    y = lsq(x)
+    assert y[0].tolist() == [0.0, 0.0, 0.5, 1.5, 1.5]
+    assert torch.equal(y, 0.5 * torch.round(torch.clamp(x.detach() / 0.5, 0, 3)))
+    y.backward(g)
+    assert torch.equal(x.grad, g * torch.tensor([[0.0, 1, 1, 1, 0], [0, 1, 1, 1, 1]]))
+    dstep = 0.0
+    for xs, gs in zip(x.tolist(), g.tolist()):
+        for v, gv in zip(xs, gs):
+            q = v / 0.5
+            dstep += gv * ((round(q) - q) if 0 <= q <= 3 else (3.0 if q > 3 else 0.0))
+    scale = 1 / math.sqrt(5 * 3) if grad == "lsq" else 1.0
+    assert lsq.step.grad.item() == pytest.approx(dstep * scale, rel=1e-5)
+
+
+def randomise_shifts(att):
+    """Distinct RSign shifts for Q, K and V (three draws of uniform(-0.3, 0.3)) and a random RPReLU."""
+    with torch.no_grad():
+        for i, s in enumerate((att.sign_q, att.sign_k, att.sign_v)):
+            gen = torch.Generator().manual_seed(10 + i)
+            s.shift.bias.copy_(torch.empty(att.dim).uniform_(-0.3, 0.3, generator=gen))
+        att.act.shift_in.uniform_(-0.3, 0.3), att.act.slope.uniform_(0.1, 0.4), att.act.shift_out.uniform_(-0.3, 0.3)
 
 
 def test_attention_products_closed_form():
+    """Eq. 6-8 and the head's RPReLU(BN(P sgn(V + b_v)) + Q + K + V) written out, with a distinct
+    random RSign shift on each of Q, K, V and a random RPReLU (gamma, slope, zeta)."""
     torch.manual_seed(1)
     att = BinaryAttention(8, 2, alpha_grad="bit").eval()
     n = att.norm
@@ -88,28 +186,36 @@ def test_attention_products_closed_form():
         att.prob.step.fill_(0.3)  # over 4 keys: some probabilities round to 0, some to alpha, some clip
         n.running_mean.uniform_(-1, 1), n.running_var.uniform_(0.5, 3), n.weight.uniform_(0.5, 2)
         n.bias.uniform_(-1, 1)
-    h = torch.randn(1, 4, 8)
+    randomise_shifts(att)
+    h = torch.randn(3, 4, 8)
     q, k, v = att.q(h), att.k(h), att.v(h)
-    qb, kb, vb = (sgn(t + s.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
+    qb, kb, vb = (sgn(t + s.shift.bias).view(3, 4, 2, 4).transpose(1, 2)
                   for t, s in ((q, att.sign_q), (k, att.sign_k), (v, att.sign_v)))
     a = torch.softmax(qb @ kb.transpose(-2, -1) / math.sqrt(4), -1)                       # Eq. 6-7
     s = att.prob.step.item()
     p = s * (a / s).clamp(0, 1).round()                                                   # Eq. 8
     assert (p == 0).any() and (p == s).any() and (a > s).any()  # every branch of Eq. 8 taken
-    ctx = (p @ vb).transpose(1, 2).reshape(1, 4, 8)
+    for t, m in ((q, att.sign_q), (k, att.sign_k), (v, att.sign_v)):  # each shift flips some sign
+        assert (sgn(t + m.shift.bias) != sgn(t)).any()
+    ctx = (p @ vb).transpose(1, 2).reshape(3, 4, 8)
     ctx = bn_eval(ctx, n)
-    expect = att.proj(att.act(ctx + q + k + v))
-    assert torch.allclose(att(h, (2, 2)), expect, atol=1e-5)
+    expect = att.proj(rprelu(ctx + q + k + v, att.act))
+    with torch.no_grad():
+        assert torch.allclose(att(h, (2, 2)), expect, atol=1e-5)
 
 
 def test_spatial_reduction_attention_closed_form():
     """Bi-SR-MHA (Eq. 14-15) on a 4x4 token grid with R = 2, written out token by token: K and V
     from BiFC_R of the 2x2 block means; the resized K and V give token (i, j) the values of block
-    (i // 2, j // 2)."""
+    (i // 2, j // 2).  Distinct random RSign shifts on Q, K, V, random RPReLU and BN statistics."""
     torch.manual_seed(3)
     att = BinaryAttention(8, 2, sr_ratio=2, alpha_grad="bit").eval()
+    n = att.norm
     with torch.no_grad():
         att.prob.step.fill_(0.3)
+        n.running_mean.uniform_(-1, 1), n.running_var.uniform_(0.5, 3), n.weight.uniform_(0.5, 2)
+        n.bias.uniform_(-1, 1)
+    randomise_shifts(att)
     h = torch.randn(1, 16, 8)
     block = lambda i, j: (i // 2) * 2 + j // 2  # noqa: E731
     means = torch.zeros(1, 4, 8)
@@ -120,14 +226,16 @@ def test_spatial_reduction_attention_closed_form():
     qb = sgn(q + att.sign_q.shift.bias).view(1, 16, 2, 4).transpose(1, 2)
     kb = sgn(k + att.sign_k.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
     vb = sgn(v + att.sign_v.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
+    for t, m in ((q, att.sign_q), (k, att.sign_k), (v, att.sign_v)):  # each shift flips some sign
+        assert (sgn(t + m.shift.bias) != sgn(t)).any()
     a = torch.softmax(qb @ kb.transpose(-2, -1) / math.sqrt(4), -1)
     s = att.prob.step.item()
     ctx = (s * (a / s).clamp(0, 1).round() @ vb).transpose(1, 2).reshape(1, 16, 8)
-    n = att.norm
     ctx = bn_eval(ctx, n)
     up = torch.tensor([block(t // 4, t % 4) for t in range(16)])                       # Eq. 15
-    expect = att.proj(att.act(ctx + q + k[:, up] + v[:, up]))
-    assert torch.allclose(att(h, (4, 4)), expect, atol=1e-5)
+    expect = att.proj(rprelu(ctx + q + k[:, up] + v[:, up], att.act))
+    with torch.no_grad():
+        assert torch.allclose(att(h, (4, 4)), expect, atol=1e-5)
 
 
 def test_pool_branches_closed_form():
@@ -163,6 +271,24 @@ def test_block_affine_with_pool_branches_closed_form():
     expect = h1 + ls(blk.ffn(y), blk.scale2) + pools
     with torch.no_grad():
         assert torch.allclose(blk(h, (4, 4)), expect, atol=1e-5)
+
+
+def test_layer_scale_initial_values():
+    """Eq. 12-13's initial values (the authors' code): alpha = ls_init (default 0.1) on both main
+    branches, alpha = 0 on each of the four pool branches, beta = 0 everywhere; the models pass
+    ls_init through to every block."""
+    for kw, init in (({}, 0.1), ({"ls_init": 0.25}, 0.25)):
+        blk = Block(8, 2, 2, pool_branches=True, residual_scale="affine", **kw)
+        scales = [blk.scale1, blk.scale2, *blk.pools.scales]
+        assert len(scales) == 6 and all(type(m).__name__ == "LayerScale" for m in scales)
+        for m in scales[:2]:
+            assert torch.equal(m.alpha, torch.full((8,), init)) and torch.equal(m.beta, torch.zeros(8))
+        for m in scales[2:]:
+            assert torch.equal(m.alpha, torch.zeros(8)) and torch.equal(m.beta, torch.zeros(8))
+    model = onebit.create_model("binaryvit_cifar_affine", ls_init=0.3)
+    for blk in model.stages[0]:
+        assert torch.equal(blk.scale1.alpha, torch.full((128,), 0.3))
+        assert all(torch.equal(m.alpha, torch.zeros(128)) for m in blk.pools.scales)
 
 
 def test_spatial_reduction_attention_shapes_and_errors():
@@ -237,9 +363,23 @@ def test_table3_rows_differ_by_one_switch():
     assert type(ms[2].stages[0][0].scale1).__name__ == "Identity"
     assert type(ms[3].stages[0][0].scale1).__name__ == "LayerScale"
     assert len(ms[3].stages) == 1 and len(ms[4].stages) == 4
-    for m in ms:
-        y = m(torch.randn(2, 3, 32, 32))
-        assert y.shape == (2, 10)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for i, m in enumerate(ms):  # the head reads the final BN's cls token (Eq. 10) or token mean (Eq. 11)
+        seen = {}
+        m.norm.register_forward_hook(lambda mod, inp, out: seen.update(normed=out))  # hooks return None
+        m.head.register_forward_pre_hook(lambda mod, inp: seen.update(read=inp[0]))
+        m.stages[0][0].register_forward_pre_hook(lambda mod, inp: seen.update(h0=inp[0]))
+        with torch.no_grad():
+            y = m(x)
+        normed, read = seen["normed"], seen["read"]
+        assert y.shape == (2, 10) and torch.equal(y, m.head(read))
+        if i == 0:
+            assert normed.shape == (2, 65, 128) and torch.equal(read, normed[:, 0])  # cls token first
+            assert torch.equal(seen["h0"][:, 0], (m.cls_token[0, 0] + m.pos_embed[0, 0]).expand(2, 128))
+        else:
+            assert normed.shape[1] == (64 if i < 4 else 4) and torch.allclose(read, normed.mean(1), atol=1e-6)
+            assert not torch.allclose(read, normed[:, 0], atol=1e-3)
     # parameter counts quoted in the README's Table 3 section: 1.25-1.26 M for the four one-stage rows
     counts = [round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for m in ms]
     assert set(counts[:4]) <= {1.25, 1.26} and counts[4] == 6.35
@@ -247,5 +387,24 @@ def test_table3_rows_differ_by_one_switch():
 
 @pytest.mark.parametrize("kind", ["post_norm", "sandwich"])
 def test_residual_scale_alternatives(kind):
-    blk = Block(16, 2, 2, residual_scale=kind)
-    assert blk(torch.randn(2, 4, 16), (2, 2)).shape == (2, 4, 16)
+    """Sec. 3.3's alternatives to the affine scale, in eval mode with random BN statistics:
+    res-post-norm  h1 = h + BN_a(attn(h)),      out = h1 + BN_f(ffn(h1))       (BN after each branch);
+    sandwich       h1 = h + BN_a(attn(BN1 h)),  out = h1 + BN_f(ffn(BN2 h1))   (BN before and after)."""
+    torch.manual_seed(4)
+    blk = Block(16, 2, 2, residual_scale=kind).eval()
+    with torch.no_grad():
+        for m in blk.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 2), m.bias.uniform_(-1, 1)
+    h = torch.randn(2, 4, 16)
+    post_a, post_f = blk.scale1, blk.scale2  # the norms after the branches
+    with torch.no_grad():
+        if kind == "post_norm":
+            h1 = h + bn_eval(blk.attn(h, (2, 2)), post_a)
+            expect = h1 + bn_eval(blk.ffn(h1), post_f)
+        else:
+            h1 = h + bn_eval(blk.attn(bn_eval(h, blk.norm1), (2, 2)), post_a)
+            expect = h1 + bn_eval(blk.ffn(bn_eval(h1, blk.norm2)), post_f)
+        out = blk(h, (2, 2))
+    assert out.shape == (2, 4, 16) and torch.allclose(out, expect, atol=1e-5)

@@ -46,7 +46,18 @@ def test_binary_imagenet_resnet_parameter_counts(name, depths, known):
 def test_cifar_resnet20_counts():
     # 0.27 M parameters (reference.md); 18 binary 3x3 convs in the blocks
     m = onebit.create_model("bireal_resnet20")
-    assert 0.265e6 < n_params(m) < 0.275e6
+    # exact: stem 3x3 conv 3 -> 16 + BN(16); three stages (widths 16 / 32 / 64) of 3 basic blocks x 2
+    # units, each a 3x3 conv (no bias) + BN; the first conv of stages 2 and 3 takes the previous width;
+    # the down-sampling shortcuts are zero padding (no parameters); fc 64 -> 10 with bias.
+    stem = conv(3, 3, 16) + bn(16)                               # 432 + 32 = 464
+    stage1 = 6 * (conv(3, 16, 16) + bn(16))                      # 6 x 2,336 = 14,016
+    stage2 = conv(3, 16, 32) + 5 * conv(3, 32, 32) + 6 * bn(32)  # 4,608 + 46,080 + 384 = 51,072
+    stage3 = conv(3, 32, 64) + 5 * conv(3, 64, 64) + 6 * bn(64)  # 18,432 + 184,320 + 768 = 203,520
+    fc = 64 * 10 + 10                                            # 650
+    assert stem + stage1 + stage2 + stage3 + fc == 269_722
+    assert n_params(m) == 269_722
+    binary = sum(x.weight.numel() for x in m.modules() if isinstance(x, BinaryConv2d))
+    assert binary == 3 * 3 * (16 * 16 * 6 + 16 * 32 + 32 * 32 * 5 + 32 * 64 + 64 * 64 * 5) == 267_264
     assert sum(1 for x in m.modules() if isinstance(x, BinaryConv2d)) == 18
     assert not isinstance(m.stem[0], BinaryLayer) and not isinstance(m.fc, BinaryLayer)
     assert isinstance(m.stages[1][0][0].shortcut, ZeroPadShortcut)

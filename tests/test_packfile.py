@@ -151,6 +151,37 @@ def test_refuses_to_overwrite(tmp_path, small):
 
 # --- sizes --------------------------------------------------------------------------------------
 
+def test_bireal_resnet18_theoretical_bytes_by_hand():
+    """theoretical_bytes = 1 bit per binary weight (the weights of the BinaryConv2d layers) + every other
+    parameter and buffer in its own dtype: 4 bytes per float32 entry, 8 per int64 num_batches_tracked,
+    counted here from named_parameters / named_buffers, not from the state dict."""
+    model = onebit.create_model("bireal_resnet18").eval()
+    binary_ids = {id(m.weight) for m in model.modules() if isinstance(m, BinaryConv2d)}
+    assert len(binary_ids) == 16  # 4 stages x 2 blocks x 2 binary 3x3 convs
+    binary = sum(p.numel() for p in model.parameters() if id(p) in binary_ids)
+    real = sum(p.numel() for p in model.parameters() if id(p) not in binary_ids)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    float_buffers = sum(b.numel() for _, b in model.named_buffers() if b.dtype == torch.float32)
+    counters = [b for n, b in model.named_buffers() if n.endswith("num_batches_tracked")]
+    assert all(b.dtype == torch.int64 and b.numel() == 1 for b in counters)
+    assert float_buffers + len(counters) == sum(b.numel() for b in model.buffers())  # nothing else
+    # the README / docs/complexity.md split: binary 3x3 weights 64^2 9 x 4 + (64 128 + 3 x 128^2) 9 +
+    # (128 256 + 3 x 256^2) 9 + (256 512 + 3 x 512^2) 9 = 10,985,472; real: stem 3 64 49 + fc 512 1000 + 1000
+    # + 1x1 shortcuts (64 128 + 128 256 + 256 512) + BN affine 2 x 4800 channels = 704,040
+    assert binary == 10_985_472 and real == 704_040
+    assert 3 * 64 * 49 + 512 * 1000 + 1000 + (64 * 128 + 128 * 256 + 256 * 512) + 2 * 4800 == real
+    # buffers: running mean and var of the 20 BatchNorms (stem, 16 in the blocks, 3 in the shortcuts),
+    # 4800 channels in all
+    assert float_buffers == 2 * 4800 and len(counters) == 20
+    expect = binary // 8 + 4 * (real + float_buffers) + 8 * len(counters)
+    assert binary % 8 == 0 and expect == 4_227_904
+    assert deploy.theoretical_bytes(model) == expect
+    # int8 stem and classifier: 1 byte per weight + a float32 scale per output channel instead of 4 bytes
+    stem, fc = model.stem[0].weight, model.fc.weight
+    assert deploy.theoretical_bytes(model, ("stem.0", "fc")) == \
+        expect - 3 * (stem.numel() + fc.numel()) + 4 * (stem.shape[0] + fc.shape[0])
+
+
 def test_bireal_resnet18_size_is_near_theoretical(tmp_path):
     model = onebit.create_model("bireal_resnet18").eval()
     path = deploy.save(model, tmp_path / "r18.onebit")  # unfolded: BN kept beside scale and bias

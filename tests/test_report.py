@@ -85,14 +85,36 @@ def test_tsne_png(tmp_path):
 def test_penultimate_features():
     ds = D.synthetic_dataset(40, num_classes=4, seed=1)
     loader = D.BatchLoader(ds, 16, transform=D.Normalize(D.CIFAR10_MEAN, D.CIFAR10_STD))
-    model = onebit.create_model("bireal_resnet20", num_classes=4).eval()
+    torch.manual_seed(0)
+    model = onebit.create_model("bireal_resnet20", num_classes=4, head_bn=True)  # features after the head BN
+    for m in model.modules():  # running statistics far from (0, 1), so train-mode BN would show
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    model.train()  # penultimate_features runs it in eval mode and restores the mode
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     f, y = penultimate_features(model, loader, max_images=20)
-    assert f.shape == (20, 64) and (y == ds.labels[:20]).all()
-    # without forward_features: the input of the last nn.Linear
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert f.shape == (20, 64) and f.dtype == np.float32 and (y == ds.labels[:20]).all()
+    # the features are model.forward_features of the first 20 images, in eval mode: exactly, batch by
+    # batch as the loader gave them (16 + the first 4 of the next 16), and to rounding as one batch
+    xs = torch.cat([x for x, _ in loader])
+    model.eval()
+    with torch.no_grad():
+        per_batch = torch.cat([model.forward_features(xs[:16]), model.forward_features(xs[16:32])[:4]])
+        whole = model.forward_features(xs[:20])
+        assert torch.equal(torch.from_numpy(f), per_batch)
+        assert torch.allclose(torch.from_numpy(f), whole, rtol=1e-5, atol=1e-5)
+        # and they are the classifier's input: fc(features) = the logits
+        assert torch.allclose(model.fc(torch.from_numpy(f)), model(xs[:20]), rtol=1e-5, atol=1e-5)
+    # without forward_features: the input of the last nn.Linear, here ReLU(Linear(flatten(x)))
     mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8), torch.nn.ReLU(),
                               torch.nn.Linear(8, 4))
     f, y = penultimate_features(mlp, loader, max_images=None)
     assert f.shape == (40, 8) and (f >= 0).all()
+    with torch.no_grad():
+        want = torch.cat([mlp[:3](x) for x, _ in loader])
+    assert torch.equal(torch.from_numpy(f), want) and (y == ds.labels).all()
 
 
 def test_indicator_curves_trade_off(tmp_path):

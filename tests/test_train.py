@@ -172,17 +172,87 @@ def test_teacher_is_frozen_and_in_eval():
             LogitsKD(teacher, **bad)
 
 
-def test_training_with_a_checkpoint_teacher(tmp_path, capsys):
+@pytest.mark.parametrize("kd_loss", ["soft_ce", "kl"])
+def test_logits_kd_mixes_kd_and_smoothed_ce_closed_form(kd_loss):
+    """alpha = 0.5, label_smoothing = 0.1, T = 3: loss = alpha KD + (1 - alpha) CE_ls, with
+    CE_ls = mean_i -((1 - eps) log q_i,y_i + (eps / K) sum_k log q_i,k)  (q = softmax(student)), and KD the
+    soft CE (or KL = soft CE - T^2 H(p_t)), all by hand in float64."""
+    torch.manual_seed(3)
+    net = torch.nn.Linear(6, 5).double()
+    teacher = Teacher(net)
+    images, student = torch.randn(4, 6, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    labels = torch.tensor([0, 3, 4, 3])
+    T, alpha, eps, K = 3.0, 0.5, 0.1, 5
+    with torch.no_grad():
+        t_logits = net(images)
+    soft_ce = _soft_ce_by_hand(student, t_logits, T)
+    p_t = torch.softmax(t_logits / T, -1)
+    kd = soft_ce if kd_loss == "soft_ce" else soft_ce + (p_t * p_t.log()).sum(-1).mean() * T * T
+    log_q = torch.log_softmax(student, -1)
+    ce_ls = -((1 - eps) * log_q[torch.arange(4), labels] + eps / K * log_q.sum(-1)).mean()
+    expect = alpha * kd + (1 - alpha) * ce_ls
+    got = LogitsKD(teacher, temperature=T, alpha=alpha, loss=kd_loss, label_smoothing=eps).loss(
+        student, images, labels, 0.3)
+    assert got.item() == pytest.approx(expect.item(), rel=1e-12)
+    # the smoothing matters: without it the CE term (and the loss) moves
+    ce0 = -log_q[torch.arange(4), labels].mean()
+    assert abs((alpha * kd + (1 - alpha) * ce0 - expect).item()) > 1e-3
+    # alpha = 1 is the KD term alone; alpha = 0 the smoothed CE alone
+    assert LogitsKD(teacher, T, 1.0, kd_loss, eps).loss(student, images, labels, 0.0).item() == \
+        pytest.approx(kd.item(), rel=1e-12)
+    assert LogitsKD(teacher, T, 0.0, kd_loss, eps).loss(student, images, labels, 0.0).item() == \
+        pytest.approx(ce_ls.item(), rel=1e-12)
+
+
+def _soft_ce_by_hand(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
+    """T^2 * mean over the batch of -sum_k softmax(teacher / T)_k log softmax(student / T)_k, in float64."""
+    s, t = student.double() / T, teacher.double() / T
+    log_q = s - s.logsumexp(-1, keepdim=True)
+    p = (t - t.logsumexp(-1, keepdim=True)).exp()
+    return -(p * log_q).sum(-1).mean() * T * T
+
+
+def test_training_with_a_checkpoint_teacher(tmp_path, capsys, monkeypatch):
     """kd.teacher as a checkpoint path: the run distils from it (its loss is the soft cross-entropy
     to the teacher's logits, so not the plain run's), and an unset teacher is one clear error."""
     p = tiny_recipe(tmp_path, epochs=1)
     train(load_recipe(str(p)), tmp_path / "teacher", quiet=True)
+    calls = []  # a spy on the distiller: the inputs and the output of every training step's loss
+    real_loss = LogitsKD.loss
+
+    def spy(self, student_logits, images, labels, progress):
+        out = real_loss(self, student_logits, images, labels, progress)
+        calls.append({"logits": student_logits.detach().clone(), "images": images.clone(), "labels": labels.clone(),
+                      "T": self.temperature, "alpha": self.alpha, "loss": out.detach().clone()})
+        return out
+
+    monkeypatch.setattr(LogitsKD, "loss", spy)
     sets = [f"kd={{teacher: {tmp_path / 'teacher' / 'best.pt'}, temperature: 2.0}}"]
     res = train(load_recipe(str(p), sets), tmp_path / "student", quiet=True)
+    monkeypatch.setattr(LogitsKD, "loss", real_loss)
     plain = train(load_recipe(str(p)), tmp_path / "plain", quiet=True)
     assert yaml.safe_load((tmp_path / "student" / "recipe.yaml").read_text())["kd"]["teacher"].endswith("best.pt")
     assert res["epochs"] == 1
     assert rows(tmp_path / "student")[0]["train_loss"] != rows(tmp_path / "plain")[0]["train_loss"]
+    # the loss of every step is the soft cross-entropy (T = 2, alpha = 1: no label term) between the
+    # student's logits and the logits of the teacher checkpoint, rebuilt here from its state_dict in eval mode
+    steps = res["n_train"] // 32  # drop_last batches of 32
+    assert len(calls) == steps and all(c["T"] == 2.0 and c["alpha"] == 1.0 for c in calls)
+    teacher = onebit.create_model("bireal_resnet20", num_classes=4, input_binarizer={"name": "reste", "o_end": 3})
+    teacher.load_state_dict(torch.load(tmp_path / "teacher" / "best.pt", weights_only=True)["model"])
+    teacher.eval()
+    for c in (calls[0], calls[-1]):
+        assert c["images"].shape == (32, 3, 32, 32) and c["logits"].shape == (32, 4)
+        with torch.no_grad():
+            t_logits = teacher(c["images"])
+        want = _soft_ce_by_hand(c["logits"], t_logits, 2.0).item()
+        assert c["loss"].item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+        # not a loss that ignores the teacher: the soft CE to uniform targets (= the T^2 log-sum-exp term) differs
+        assert abs(want - _soft_ce_by_hand(c["logits"], torch.zeros_like(t_logits), 2.0).item()) > 1e-4
+    # and the logged epoch loss is the batch-size weighted mean of exactly these losses
+    logged = rows(tmp_path / "student")[0]["train_loss"]
+    assert logged == pytest.approx(sum(c["loss"].item() * len(c["labels"]) for c in calls)
+                                   / sum(len(c["labels"]) for c in calls), rel=1e-12)
     assert cli(["train", "--recipe", str(p), "--out", str(tmp_path / "r"), "--set", "kd={temperature: 2.0}"]) == 2
     assert "kd.teacher is not set" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
@@ -225,6 +295,48 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     sa = C.load(tmp_path / "a" / "last.pt")["model"]
     sb = C.load(tmp_path / "b" / "last.pt")["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_epoch_schedules_in_the_middle_of_a_run(tmp_path):
+    """3 epochs: progress t = epoch / (epochs - 1) = 0, 1/2, 1, so the logged ReSTE o follows the cos
+    schedule o(t) = 1 + (o_end - 1)(1 - cos(pi t / 2)); the logged lr is the lr of each epoch's last
+    step (set before that step, read at the epoch's end): lr_at(step, total, warmup, lr, warmup_lr, min_lr)."""
+    over = {"epochs": 3, "warmup_epochs": 2, "warmup_lr": 0.01, "min_lr": 0.001}
+    res = train(load_recipe(str(tiny_recipe(tmp_path, **over))), tmp_path / "run", quiet=True)
+    r = rows(tmp_path / "run")
+    assert [x["progress"] for x in r] == [0.0, 0.5, 1.0]
+    assert r[0]["reste_o"] == 1.0 and r[2]["reste_o"] == pytest.approx(3.0, rel=1e-15)
+    assert r[1]["reste_o"] == pytest.approx(1 + (3 - 1) * (1 - math.cos(math.pi / 4)), rel=1e-15)
+    spe = res["n_train"] // 32  # drop_last batches of 32 (96 synthetic images: 3)
+    assert spe == 3
+    total, warmup = 3 * spe, 2 * spe
+    for e, row in enumerate(r):
+        last_step = (e + 1) * spe - 1
+        assert row["lr"] == lr_at(last_step, total, warmup, 0.05, 0.01, 0.001), e
+    # the same numbers by hand: step 2 is 3/6 of the warm-up from 0.01 to 0.05; step 5 ends it at the
+    # peak; step 8 is 2/3 of the way along the cosine from 0.05 down to min_lr = 0.001
+    assert r[0]["lr"] == pytest.approx(0.01 + 0.04 * 3 / 6, rel=1e-12)
+    assert r[1]["lr"] == pytest.approx(0.05, rel=1e-12)
+    assert r[2]["lr"] == pytest.approx(0.001 + 0.049 * 0.5 * (1 + math.cos(2 * math.pi / 3)), rel=1e-12)
+
+
+def test_step_progress_schedules(tmp_path):
+    """train.progress: step -- t = step / (total - 1), set before each step: every epoch logs the t of
+    its last step (and o at that t), and the checkpoint's meta ends at t = 1 (o = o_end on loading)."""
+    res = train(load_recipe(str(tiny_recipe(tmp_path, progress="step"))), tmp_path / "run", quiet=True)
+    r = rows(tmp_path / "run")
+    spe = res["n_train"] // 32
+    total = 2 * spe
+    for e, row in enumerate(r):
+        t = ((e + 1) * spe - 1) / (total - 1)
+        assert row["progress"] == pytest.approx(t, rel=1e-15), e
+        assert row["reste_o"] == pytest.approx(1 + 2 * (1 - math.cos(math.pi * t / 2)), rel=1e-15), e
+    assert r[-1]["progress"] == 1.0
+    for f in ("last.pt", "best.pt"):
+        meta = C.load(tmp_path / "run" / f)["meta"]
+        assert meta["progress"] == (1.0 if f == "last.pt" else r[res["metrics"]["best_epoch"] - 1]["progress"]), f
+    model, _ = C.load_model(tmp_path / "run" / "last.pt")
+    assert {m.o for m in model.modules() if isinstance(m, onebit.binarize.ReSTE)} == {3.0}
 
 
 def test_two_stage_training_initialises_stage_two_from_stage_one(tmp_path, monkeypatch):
