@@ -23,8 +23,9 @@ from .sign import rectified_power, sign, sign_ste
 def set_progress(module: nn.Module, t: float) -> int:
     """Set every schedule inside ``module`` to training progress t in [0, 1].
 
-    Returns how many scheduled modules were updated.  This is the only way schedules
-    move: there is no global state.
+    Returns how many modules took the call: every module with a ``set_progress`` method, which
+    includes every binarizer (those without a schedule ignore it).  This is the only way
+    schedules move: there is no global state.
     """
     t = check_progress(t)
     n = 0
