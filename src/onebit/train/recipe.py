@@ -210,9 +210,7 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
     if unknown:
         raise ValueError(f"recipe {path} has unknown top-level keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     for section in ("data", "train"):
-        bad = set(raw.get(section) or {}) - set(DEFAULTS[section])
-        if bad:
-            raise ValueError(f"recipe {path}: unknown {section} keys {sorted(bad)}; known: {sorted(DEFAULTS[section])}")
+        _refuse_unknown(raw.get(section) or {}, DEFAULTS[section], f"recipe {path}: unknown {section} keys")
         for key, value in (raw.get(section) or {}).items():
             raw[section][key] = _check_type(f"{section}.{key}", DEFAULTS[section][key], value, f"recipe {path}:")
     recipe = _merge(DEFAULTS, raw)
@@ -228,6 +226,12 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
         raise ValueError(f"recipe {path} names no model (model.name)")
     check_values(recipe)
     return recipe
+
+
+def _refuse_unknown(keys, known, what: str) -> None:
+    bad = set(keys) - set(known)
+    if bad:
+        raise ValueError(f"{what} {sorted(bad)}; known: {', '.join(sorted(known))}")
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -251,9 +255,7 @@ def check_values(recipe: dict) -> None:
     if kd is not None:
         if not isinstance(kd, dict):
             raise ValueError(f"kd must be a mapping like {{teacher: zoo:NAME, temperature: 1.0, alpha: 1.0}}, got {kd!r}")
-        unknown = set(kd) - set(KD_KEYS)
-        if unknown:
-            raise ValueError(f"unknown kd keys {sorted(unknown)}; known: {', '.join(KD_KEYS)}")
+        _refuse_unknown(kd, KD_KEYS, "unknown kd keys")
         for key in ("temperature", "alpha"):
             if key in kd and (isinstance(kd[key], bool) or not isinstance(kd[key], (int, float))):
                 raise ValueError(f"kd.{key} must be a number, got {kd[key]!r}")
