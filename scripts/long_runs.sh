@@ -2,6 +2,7 @@
 # The long CIFAR-10 runs behind issue 4's accuracy bars, one after another, each on every core:
 #   bash scripts/long_runs.sh [DATA_DIR] [RUNS_DIR]        (runs in the foreground; start it with & or nohup)
 #   1. fp-e80:          the fp32 teacher for 80 epochs, compiled (the 30-epoch one reaches only 86.02%);
+#                       skipped where it is recorded and RUNS_DIR lacks it (the zoo holds it);
 #   2. reste-relu-e300: the ReSTE recipe (conv -> ReLU -> BN branches) for 300 epochs (eager: the
 #                       engine's training ops make it 1.47x faster);
 #   3. reactnet-e240:   the two-stage ReActNet recipe, 120 + 120 epochs, KD from fp-e80, compiled
@@ -41,11 +42,17 @@ run() {
   bash "$here/scripts/record_run.sh" "$out" "$record" >> "$runs/$name.log" 2>&1
 }
 
-run fp-e80 fp-resnet20-cifar10-e80 --recipe fp-resnet20-cifar10 \
-  --set train.epochs=80 --set train.threads=2 --set train.compile=true
+# The teacher is recorded (results/runs/fp-resnet20-cifar10-e80.json) and shipped as zoo:fp_resnet20_cifar10;
+# a fresh machine distils from the zoo copy instead of spending 2 h retraining it.
+teacher=zoo:fp_resnet20_cifar10
+if [ -f "$runs/fp-e80/best.pt" ] || [ ! -f "$here/results/runs/fp-resnet20-cifar10-e80.json" ]; then
+  run fp-e80 fp-resnet20-cifar10-e80 --recipe fp-resnet20-cifar10 \
+    --set train.epochs=80 --set train.threads=2 --set train.compile=true
+  teacher=$runs/fp-e80/best.pt
+fi
 run reste-relu-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
   --set train.epochs=300 --set train.threads=2
 stages='[{name: binary-activations, epochs: 120, set: {model.weight_binarizer: null, train.weight_decay: 1.0e-5}},'
 stages+=' {name: binary-weights-and-activations, epochs: 120, set: {train.weight_decay: 0.0}}]'
 run reactnet-e240 reactnet-resnet20-cifar10-e240 --recipe reactnet-resnet20-cifar10 \
-  --set train.threads=2 --set train.compile=true --set "kd.teacher=$runs/fp-e80/best.pt" --set "stages=$stages"
+  --set train.threads=2 --set train.compile=true --set "kd.teacher=$teacher" --set "stages=$stages"
