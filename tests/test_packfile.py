@@ -114,6 +114,37 @@ def test_rows_are_stored_without_alignment_words_and_version_1_files_still_load(
     assert deploy.read_info(old)["format_version"] == 1 and deploy.read_info(new)["format_version"] == 2
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_bits_outside_the_weights_are_refused(tmp_path, monkeypatch, version):
+    """The engine counts whole words, so a weight row's unused bits must be zero: a file (checksums
+    intact) with a bit past the reduction in a row's last word, or in a version 1 row's alignment
+    words, would change the logits silently; the loader refuses it."""
+    torch.manual_seed(0)
+    packed = deploy.pack(randomize(onebit.create_model("bireal_resnet20"), 1).eval())
+    monkeypatch.setattr(PF, "VERSION", version)
+    good = deploy.save(packed, tmp_path / "good.onebit", name="bireal_resnet20")
+    deploy.load(good)  # as written: loads
+    layer = next(m for m in packed.modules() if isinstance(m, PackedBinaryConv2d) and m.in_channels % 64)
+    words = layer._reduction_words()
+    assert layer.weight_bits.shape[1] > words  # the row is aligned in memory
+    if version == 1:
+        layer.weight_bits[3, words] = 1  # an alignment word
+    else:
+        layer.weight_bits[3, 0] |= 1 << 62  # past the 16 or 32 channels of the first tap's word
+    bad = deploy.save(packed, tmp_path / "bad.onebit", name="bireal_resnet20")
+    with pytest.raises(PackedFileError, match="bits set outside its weights.*pack the model again"):
+        deploy.load(bad)
+
+
+def test_valid_bits_mask_the_reduction():
+    from onebit.deploy.packed import _word_mask
+    full = (1 << 64) - 1
+    assert [int(w) for w in _word_mask(64)] == [full]
+    assert [int(w) for w in _word_mask(70)] == [full, (1 << 6) - 1]
+    conv = deploy.pack(nn.Sequential(BinaryConv2d(10, 4, 3, groups=2)).eval())[0]
+    assert [int(w) for w in conv._valid_bits()] == [(1 << 5) - 1] * 9  # 5 channels per group, 9 taps
+
+
 def test_user_model_needs_a_registry_name(tmp_path):
     def net():
         return nn.Sequential(BinaryConv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 16, 4))

@@ -30,7 +30,7 @@ and pass ``name=`` (and ``config=``).
 Before any tensor is built the loader checks the header length, the header JSON, every tensor's
 dtype, shape and offsets (inside the data region, no overlaps, no gaps, sizes add up to the file
 size), the format and version, both checksums, and that names, shapes and dtypes match the rebuilt
-model.  Any failure is a :class:`PackedFileError` (a ValueError) with a one-line message.
+model; then that no weight row has a bit set outside its weights (the engine counts whole words).  Any failure is a :class:`PackedFileError` (a ValueError) with a one-line message.
 """
 from __future__ import annotations
 
@@ -101,10 +101,15 @@ def _bits_names(model: nn.Module) -> set:
             if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))}
 
 
+def _packed_layers(model: nn.Module) -> dict:
+    """{weight_bits key: its packed layer}."""
+    return {f"{n}.weight_bits" if n else "weight_bits": m for n, m in model.named_modules()
+            if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))}
+
+
 def _row_words(model: nn.Module) -> dict:
     """{weight_bits key: words of its rows' reduction} (the rows are longer in memory: aligned)."""
-    return {f"{n}.weight_bits" if n else "weight_bits": m._reduction_words() for n, m in model.named_modules()
-            if isinstance(m, (PackedBinaryConv2d, PackedBinaryLinear))}
+    return {k: m._reduction_words() for k, m in _packed_layers(model).items()}
 
 
 def _label(name: str, t: torch.Tensor, bits: set) -> str:
@@ -431,8 +436,15 @@ def load_with_meta(path) -> tuple[nn.Module, dict]:
             t = t.view(torch_dtype)
         state[k] = t
     own = model.state_dict()
-    for k in _row_words(model):  # version 2: the alignment words back, zero
-        if state[k].shape != own[k].shape:
+    for k, layer in _packed_layers(model).items():
+        bits = state[k].numpy().view(np.uint64)
+        valid = layer._valid_bits()
+        stray = bits[:, :valid.size] & ~valid
+        if stray.any() or bits[:, valid.size:].any():  # the engine would count such bits as weights
+            raise PackedFileError(f"{where}: tensor {k!r} has bits set outside its weights (beyond "
+                                  f"{layer._reduction_words()} words per row or past the reduction in a "
+                                  f"row's last word); it was not written by onebit's pack: pack the model again")
+        if state[k].shape != own[k].shape:  # version 2: the alignment words back, zero
             state[k] = torch.cat([state[k], state[k].new_zeros(state[k].shape[0], own[k].shape[1] - state[k].shape[1])], 1)
     model.load_state_dict(state, strict=True)
     return model.eval(), info

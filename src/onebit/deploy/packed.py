@@ -129,6 +129,14 @@ def _output(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return y if x.device.type == "cpu" else y.to(x.device)
 
 
+def _word_mask(k: int) -> np.ndarray:
+    """uint64 [ceil(k/64)]: the low k bits set (all words full but the last)."""
+    mask = np.full((k + 63) // 64, np.iinfo(np.uint64).max, dtype=np.uint64)
+    if k % 64:
+        mask[-1] = np.uint64((1 << (k % 64)) - 1)
+    return mask
+
+
 class _Packed(nn.Module):
     """Shared buffers, and the NumPy views the engine is called with (cached until a buffer changes)."""
 
@@ -146,6 +154,11 @@ class _Packed(nn.Module):
         self._cache: dict = {}
 
     def _reduction_words(self) -> int:
+        raise NotImplementedError
+
+    def _valid_bits(self) -> np.ndarray:
+        """uint64 [reduction words]: the bits of a weight row that hold weights; the engine needs
+        the others zero (it XORs and counts whole words against zero-tailed activations)."""
         raise NotImplementedError
 
     def _extra_arrays(self) -> dict:
@@ -262,6 +275,9 @@ class PackedBinaryConv2d(_Packed):
     def _reduction_words(self) -> int:
         cg = self.in_channels // self.groups
         return self.kernel_size[0] * self.kernel_size[1] * ((cg + 63) // 64)
+
+    def _valid_bits(self) -> np.ndarray:  # one block of ceil(cg/64) words per kernel tap
+        return np.tile(_word_mask(self.in_channels // self.groups), self.kernel_size[0] * self.kernel_size[1])
 
     def _extra_arrays(self) -> dict:
         return {"tapsum": np.ascontiguousarray(self.tapsum.detach().cpu().numpy(), dtype=np.int32),
@@ -419,6 +435,9 @@ class PackedBinaryLinear(_Packed):
 
     def _reduction_words(self) -> int:
         return (self.in_features + 63) // 64
+
+    def _valid_bits(self) -> np.ndarray:
+        return _word_mask(self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
