@@ -444,6 +444,21 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
     assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
 
 
+def test_resume_refuses_a_checkpoint_of_the_same_recipe_with_other_settings(tmp_path):
+    """Same recipe name and model, another learning rate: still another run.  Where the data lives
+    and the thread count may change on resume."""
+    p = tiny_recipe(tmp_path, epochs=2)
+    train(load_recipe(str(p)), tmp_path / "a", quiet=True, stop_after_steps=1)
+    train(load_recipe(str(p), ["train.lr=0.5"]), tmp_path / "b", quiet=True, stop_after_steps=1)
+    (tmp_path / "b" / "last.pt").write_bytes((tmp_path / "a" / "last.pt").read_bytes())
+    before = {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()}
+    with pytest.raises(ValueError, match="another recipe than .*recipe.yaml \\(they differ in overrides, train.lr\\)"):
+        train(None, tmp_path / "b", resume=True, quiet=True)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "b").iterdir()} == before
+    res = train(None, tmp_path / "a", resume=True, quiet=True, threads=2, data_root=str(tmp_path / "moved"))
+    assert res["epochs"] == 2
+
+
 def test_stage_epochs_are_set_by_index():
     r = load_recipe("reactnet-resnet20-cifar10", ["stages.0.epochs=2", "stages.1.epochs=3"])
     assert [s["epochs"] for s in r["stages"]] == [2, 3]

@@ -136,8 +136,19 @@ def _seed(*parts: int) -> int:
 
 # ----------------------------------------------------------------------------- the run
 
+# What --resume may change between sessions (execution settings, not the recipe)
+RESUME_SETTABLE = ("data.root", "train.threads")
+
+
+def _dotted(recipe: dict) -> dict:
+    """{"section.key": value} for the recipe's sections, {"key": value} for its other entries."""
+    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in recipe.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+
 def _check_same_run(ckpt_recipe: dict, out: Path) -> None:
-    """--resume: last.pt must be this directory's run (its recipe.yaml), not a file copied from another."""
+    """--resume: last.pt must be this directory's run (its recipe.yaml, all of it but where the data
+    lives and the thread count), not a file copied from another run or another version of it."""
     mine = out / "recipe.yaml"
     if not mine.is_file():
         return
@@ -150,6 +161,11 @@ def _check_same_run(ckpt_recipe: dict, out: Path) -> None:
     if a != b:
         raise ValueError(f"cannot resume: {out / 'last.pt'} is a run of recipe {a[0]!r} (model {a[1]!r}) but "
                          f"{mine} says recipe {b[0]!r} (model {b[1]!r}); put the checkpoint back in its own run")
+    ca, cb = _dotted(ckpt_recipe), _dotted(here)
+    diff = sorted(k for k in set(ca) | set(cb) if k not in RESUME_SETTABLE and ca.get(k) != cb.get(k))
+    if diff:
+        raise ValueError(f"cannot resume: {out / 'last.pt'} was trained with another recipe than {mine} "
+                         f"(they differ in {', '.join(diff)}); put the checkpoint back in its own run")
 
 
 def _check_teacher_classes(teacher: nn.Module, name: str, num_classes: int, size: int, device) -> None:
