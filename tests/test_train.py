@@ -600,7 +600,11 @@ def test_cli_train_refuses_before_writing(tmp_path, capsys):
     staged = tmp_path / "staged.yaml"
     staged.write_text(yaml.safe_dump({**yaml.safe_load(p.read_text()),
                                       "stages": [{"name": "a", "epochs": 1}, {"name": "b", "epochs": 1}]}))
+    late_teacher = tmp_path / "late_teacher.yaml"  # refused before the first stage trains, not after it
+    late_teacher.write_text(yaml.safe_dump({**yaml.safe_load(p.read_text()), "stages": [
+        {"name": "a", "epochs": 1}, {"name": "b", "epochs": 1, "set": {"kd.teacher": "zoo:fp_resnet20_cifar10"}}]}))
     cases += [
+        (["--recipe", str(late_teacher), "--out", str(tmp_path / "a")], "predicts 10 classes but the data has 4"),
         (["--recipe", str(typed), "--out", str(tmp_path / "a")], "train.epochs='ten': expected a int"),
         (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "kd.tempreature=2"], "unknown kd keys"),
         (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "model.nokey=1"], "takes no option 'nokey'"),

@@ -168,10 +168,10 @@ def _check_same_run(ckpt_recipe: dict, out: Path) -> None:
                          f"(they differ in {', '.join(diff)}); put the checkpoint back in its own run")
 
 
-def _check_teacher_classes(teacher: nn.Module, name: str, num_classes: int, size: int, device) -> None:
+def _check_teacher_classes(teacher: nn.Module, name: str, num_classes: int, size: int) -> None:
     """The teacher's logits must have one entry per class of the data (checked on one blank image)."""
     with torch.no_grad():
-        n = teacher(torch.zeros(1, 3, size, size, device=device)).shape[-1]
+        n = teacher(torch.zeros(1, 3, size, size)).shape[-1]
     if n != num_classes:
         raise ValueError(f"kd.teacher {name!r} predicts {n} classes but the data has {num_classes}; "
                          f"distill from a teacher trained on the same classes")
@@ -259,6 +259,8 @@ class Run:
         self.train_ds, self.val_ds = train_ds, val_ds
         stages = stage_list(recipe)
         start_stage = self.resume_state["stage"] if self.resume_state else 0
+        for stage in stages[start_stage + 1:]:  # the first stage's teacher is checked as it starts
+            self.check_teacher(stage["recipe"])
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         t0 = time.time() - (self.resume_state.get("wall_time", 0.0) if self.resume_state else 0.0)
         self.t0 = t0
@@ -281,6 +283,20 @@ class Run:
                 signal.signal(s, h)
         return self.write_results(time.time() - t0)
 
+    def check_teacher(self, recipe: dict) -> nn.Module | None:
+        """The recipe's KD teacher (None without kd), refused if it is not set or predicts another number
+        of classes than the data has: checked for every stage before the first one trains."""
+        kd = recipe.get("kd")
+        if not kd:
+            return None
+        if not kd.get("teacher"):
+            raise ValueError("kd.teacher is not set: give a checkpoint path, zoo:NAME or a registry name "
+                             "(--set kd.teacher=...)")
+        teacher = build_teacher(str(kd["teacher"]))
+        _check_teacher_classes(teacher, str(kd["teacher"]), self.train_ds.num_classes,
+                               recipe["data"]["image_size"])
+        return teacher
+
     def run_stage(self, si: int, stage: dict, prev_state: dict | None) -> nn.Module:
         recipe, tcfg = stage["recipe"], stage["recipe"]["train"]
         epochs = stage["epochs"]
@@ -301,12 +317,7 @@ class Run:
         kd = recipe.get("kd")
         distiller = None
         if kd:
-            if not kd.get("teacher"):
-                raise ValueError("kd.teacher is not set: give a checkpoint path, zoo:NAME or a registry name "
-                                 "(--set kd.teacher=...)")
-            teacher = Teacher(build_teacher(str(kd["teacher"])).to(device), compile=tcfg["compile"])
-            _check_teacher_classes(teacher.model, str(kd["teacher"]), self.train_ds.num_classes,
-                                   recipe["data"]["image_size"], device)
+            teacher = Teacher(self.check_teacher(recipe).to(device), compile=tcfg["compile"])
             distiller = LogitsKD(teacher, kd.get("temperature", 1.0),
                                  kd.get("alpha", 1.0), kd.get("loss", "soft_ce"), tcfg["label_smoothing"])
         # the training forward; evaluation and checkpoints use the model itself (compiled graphs are
