@@ -851,10 +851,10 @@ def test_cli_eval_on_cifar_pickles_and_download_flags(tmp_path, monkeypatch, cap
 
 
 def test_eval_classes_are_matched_by_name():
-    from onebit.cli import _in_model_order
     from onebit.data import ArrayDataset
     ds = ArrayDataset(np.zeros((3, 2, 2, 3), np.uint8), [0, 1, 2], ["a", "b", "c"])
-    out = _in_model_order(ds, ["c", "a", "b"])
+    out = ds.in_class_order(["c", "a", "b"])
     assert out.labels.tolist() == [1, 2, 0] and out.class_names == ["c", "a", "b"]
+    assert ds.in_class_order(["a", "b", "c"]) is ds
     with pytest.raises(ValueError, match="are not the model's"):
-        _in_model_order(ds, ["a", "b", "d"])
+        ds.in_class_order(["a", "b", "d"])

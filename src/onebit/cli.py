@@ -100,19 +100,6 @@ def _cifar_name(root, n_classes: int, download: bool) -> str | None:
     return None
 
 
-def _in_model_order(ds, class_names: list[str]):
-    """``ds`` with its labels renumbered to the model's class order (classes matched by name)."""
-    import numpy as np
-    from . import data as D
-    if list(ds.class_names) == list(class_names):
-        return ds
-    if sorted(ds.class_names) != sorted(class_names):
-        raise ValueError(f"the data's classes ({', '.join(ds.class_names)}) are not the model's "
-                         f"({', '.join(class_names)})")
-    order = np.array([list(class_names).index(n) for n in ds.class_names])
-    return D.ArrayDataset(ds.images, order[ds.labels], list(class_names))
-
-
 def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict | None = None,
                  download: bool = False):
     """``data``'s ``split``; for ``val`` on a folder with train/ but no val/, the seeded hold-out of
@@ -123,14 +110,14 @@ def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict 
     from . import data as D
     cifar = _cifar_name(Path(data), len(class_names), download) if data != "sample" else None
     if cifar:
-        from .data.loader import _holdout
+        from .data.loader import holdout
         if split == "val":
             if not val_split:
                 raise ValueError(f"the {cifar} pickles have a train and a test split and the model's recipe held out "
                                  f"no validation split: use --split test")
-            train = _in_model_order(D.load_cifar(data, cifar, "train", download=download), class_names)
-            return _holdout(train, val_split)[1]
-        return _in_model_order(D.load_cifar(data, cifar, split, download=download), class_names)
+            train = D.load_cifar(data, cifar, "train", download=download).in_class_order(class_names)
+            return holdout(train, val_split)[1]
+        return D.load_cifar(data, cifar, split, download=download).in_class_order(class_names)
     if download:
         raise ValueError("--download fetches CIFAR-10/100 for models with 10 or 100 classes; --data 'sample' or an "
                          "image folder needs no download")
@@ -142,8 +129,8 @@ def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict 
         return ds
     root = Path(data)
     if split == "val" and val_split and not (root / "val").is_dir() and (root / "train").is_dir():
-        from .data.loader import _holdout
-        return _holdout(D.load_image_folder(data, "train", class_names=class_names), val_split)[1]
+        from .data.loader import holdout
+        return holdout(D.load_image_folder(data, "train", class_names=class_names), val_split)[1]
     return D.load_image_folder(data, split, class_names=class_names)
 
 

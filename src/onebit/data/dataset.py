@@ -66,6 +66,17 @@ class ArrayDataset:
         """True when all images share one size and sit in a single array."""
         return isinstance(self.images, np.ndarray)
 
+    def in_class_order(self, class_names: Sequence[str]) -> "ArrayDataset":
+        """The same images with labels numbered in ``class_names``' order (classes matched by name:
+        a model's order may differ from the data's); itself when the orders agree."""
+        if list(self.class_names) == list(class_names):
+            return self
+        if sorted(self.class_names) != sorted(class_names):
+            raise DataError(f"the data's classes ({', '.join(self.class_names)}) are not the model's "
+                            f"({', '.join(class_names)})")
+        order = np.array([list(class_names).index(n) for n in self.class_names])
+        return ArrayDataset(self.images, order[self.labels], list(class_names))
+
     def subset(self, indices) -> "ArrayDataset":
         """A new dataset holding the given indices, in that order (copies the images)."""
         indices = np.asarray(indices, dtype=np.int64)

@@ -107,7 +107,8 @@ class BatchLoader:
 
 # ----------------------------------------------------------------------------- datasets from a spec
 
-def _holdout(train: ArrayDataset, val_split: dict):
+def holdout(train: ArrayDataset, val_split: dict):
+    """(train, val): ``train`` split by a recipe's ``val_split`` (val_count or per_class, seed)."""
     train_idx, val_idx = holdout_split(
         train.labels,
         val_count=val_split.get("val_count"),
@@ -166,7 +167,7 @@ def _build_dataset(spec: dict):
         full = synthetic_dataset(n + val_n, num_classes=spec.get("num_classes", 10),
                                  image_size=spec.get("image_size", 32), channels=spec.get("channels", 3),
                                  seed=spec.get("seed", 0))
-        return _holdout(full, val_split or {"val_count": val_n, "seed": spec.get("seed", 0)})
+        return holdout(full, val_split or {"val_count": val_n, "seed": spec.get("seed", 0)})
 
     if "root" not in spec:
         raise DataError(f"dataset spec {name!r} needs a 'root' folder")
@@ -175,7 +176,7 @@ def _build_dataset(spec: dict):
     if name == "folder":
         train = load_image_folder(root, "train", spec.get("class_names"))
         if val_split:
-            return _holdout(train, val_split)
+            return holdout(train, val_split)
         for split in ("val", "test"):
             if (Path(root) / split).is_dir():
                 return train, load_image_folder(root, split, train.class_names)
@@ -185,7 +186,7 @@ def _build_dataset(spec: dict):
         kwargs = dict(name=name, download=spec.get("download", False), verify=spec.get("verify", True))
         train = load_cifar(root, split="train", **kwargs)
         if val_split:
-            return _holdout(train, val_split)
+            return holdout(train, val_split)
         return train, load_cifar(root, split="test", **kwargs)
 
     raise DataError(f"unknown dataset name {name!r}; expected sample, folder, cifar10, cifar100 or synthetic")
