@@ -622,3 +622,18 @@ def test_engine_inside_a_torch_parallel_region_runs():
                                                         accumulate=True, num_threads=2), ref)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("hw, k, s, p, d", [((7, 9), (3, 3), (1, 1), (1, 1), (1, 1)), ((8, 5), (3, 2), (2, 3), (0, 1), (2, 1)),
+                                            ((4, 4), (5, 5), (1, 1), (0, 0), (1, 1)), ((56, 56), (3, 3), (2, 2), (1, 1), (1, 1))])
+def test_conv_out_size_is_torchs(hw, k, s, p, d):
+    """The one output-size formula the engine, the packed layers and the pools share, against torch."""
+    from onebit.binarize.fused import conv_out_size
+    out = conv_out_size(hw, k, s, p, d)
+    if min(out) < 1:
+        with pytest.raises(RuntimeError):
+            torch.nn.functional.conv2d(torch.zeros(1, 1, *hw), torch.zeros(1, 1, *k), None, s, p, d)
+        return
+    assert out == tuple(torch.nn.functional.conv2d(torch.zeros(1, 1, *hw), torch.zeros(1, 1, *k), None, s, p, d).shape[2:])
+    if d == (1, 1) and 2 * max(p) <= min(k):
+        assert out == tuple(torch.nn.functional.max_pool2d(torch.zeros(1, 1, *hw), k, s, p).shape[2:])

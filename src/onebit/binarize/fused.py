@@ -52,17 +52,18 @@ def surrogate(kind: str, x: torch.Tensor, g: torch.Tensor, o: float = 1.0, t: fl
     return torch.from_numpy(out)
 
 
-def conv_out_size(x_shape, w_shape, stride, padding, dilation) -> tuple:
-    """(OH, OW) of conv2d with zero padding (torch's formula; <= 0 where torch would refuse)."""
+def conv_out_size(hw, kernel, stride, padding, dilation=(1, 1)) -> tuple:
+    """(OH, OW) of a conv2d or pooling window over an (H, W) input with zero padding on each side
+    (torch's formula, floor mode; <= 0 where torch would refuse)."""
     return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
-                 for size, p, d, k, s in zip(x_shape[2:], padding, dilation, w_shape[2:], stride))
+                 for size, k, s, p, d in zip(hw, kernel, stride, padding, dilation))
 
 
 def binary_conv2d(xb: torch.Tensor, wb: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
     """conv2d(xb, wb) for ±1 float32 CPU tensors by XNOR-popcount: exact integer sums as float32,
     torch's result bit for bit (zero padding contributes 0).  Values other than ±1 are taken by
     their sign (x >= 0 is +1): the caller guarantees signs."""
-    out_size = conv_out_size(xb.shape, wb.shape, stride, padding, dilation)
+    out_size = conv_out_size(xb.shape[2:], wb.shape[2:], stride, padding, dilation)
     bits, tapsum = _C.pack_conv_weight(wb.detach().contiguous().numpy())
     kh, kw = wb.shape[2], wb.shape[3]
     y = _C.conv2d(xb.detach().numpy(), bits, tapsum, int(groups), (kh, kw), tuple(stride), tuple(padding),

@@ -21,6 +21,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..binarize.fused import conv_out_size
+
 try:
     from .. import _engine as _C
 except ImportError as e:  # pragma: no cover - exercised only when the extension is missing
@@ -263,7 +265,7 @@ def conv2d(x, wbits, tapsum, *, groups: int = 1, kernel_size, stride=1, padding=
     ph, pw = _pair(padding)
     dh, dw = _pair(dilation)
     if out_size is None:
-        out_size = ((h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        out_size = conv_out_size((h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw))
     oh, ow = _pair(out_size)
     ws = None if wsplit is None else as_u64(wsplit)
     res = None if residual is None else (residual.detach().numpy() if isinstance(residual, torch.Tensor) else residual)
@@ -288,7 +290,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, *, path: Optional[str] = 
     kh, kw = _pair(kernel_size)
     sh, sw = _pair(kernel_size if stride is None else stride)
     ph, pw = _pair(padding)
-    oh, ow = (xa.shape[2] + 2 * ph - kh) // sh + 1, (xa.shape[3] + 2 * pw - kw) // sw + 1
+    oh, ow = conv_out_size(xa.shape[2:], (kh, kw), (sh, sw), (ph, pw))
     return _C.maxpool2d(xa, (kh, kw), (sh, sw), (ph, pw), (oh, ow), _resolve(path), _threads(num_threads))
 
 

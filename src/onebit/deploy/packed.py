@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..binarize.estimators import Binarizer, ProgressiveBinarizer
+from ..binarize.fused import conv_out_size
 from ..binarize.react import LearnableBias, RPReLU, RSign
 from ..binarize.scaling import center_weight, weight_scale
 from ..layers.binary import BinaryConv2d, BinaryLayer, BinaryLinear
@@ -296,8 +297,7 @@ class PackedBinaryConv2d(_Packed):
                 raise ValueError(f"unknown padding {self.padding!r}")
         else:
             pads = self.padding
-        oh = (h + 2 * pads[0] - dh * (kh - 1) - 1) // sh + 1
-        ow = (w + 2 * pads[1] - dw * (kw - 1) - 1) // sw + 1
+        oh, ow = conv_out_size((h, w), (kh, kw), (sh, sw), pads, (dh, dw))
         if oh < 1 or ow < 1:
             raise ValueError(f"input {h}x{w} is smaller than the kernel {self.kernel_size} "
                              f"(dilation {self.dilation}, padding {self.padding})")

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..binarize.fused import conv_out_size
+
 
 def _pair(v) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else tuple(v)
@@ -80,7 +82,7 @@ class SeparableMaxPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         if _engine_ok(x) and 2 * ph <= kh and 2 * pw <= kw:
-            oh, ow = (x.shape[2] + 2 * ph - kh) // sh + 1, (x.shape[3] + 2 * pw - kw) // sw + 1
+            oh, ow = conv_out_size(x.shape[2:], (kh, kw), (sh, sw), (ph, pw))
             if oh >= 1 and ow >= 1:
                 from . import engine
                 return torch.from_numpy(engine._C.maxpool2d(x.numpy(), (kh, kw), (sh, sw), (ph, pw), (oh, ow),

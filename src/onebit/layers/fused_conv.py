@@ -59,6 +59,6 @@ def conv2d(layer: nn.Conv2d, xb: torch.Tensor, wb: torch.Tensor) -> Optional[tor
         return None
     if xb.device.type != "cpu" or xb.dtype != torch.float32 or wb.dtype != torch.float32:
         return None
-    if min(fused.conv_out_size(xb.shape, wb.shape, layer.stride, layer.padding, layer.dilation)) < 1:
+    if min(fused.conv_out_size(xb.shape[2:], wb.shape[2:], layer.stride, layer.padding, layer.dilation)) < 1:
         return None  # torch's conv says what is wrong with the shapes
     return _EngineConv2d.apply(xb, wb, layer.stride, layer.padding, layer.dilation, layer.groups)
