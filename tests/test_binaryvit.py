@@ -10,7 +10,7 @@ from onebit.analysis import PAPER_VIT_FLOPS, capability, complexity
 from onebit.binarize import LearnedStep
 from onebit.layers.attention import BinaryAttention
 from onebit.layers.bifc import BiFC, FeatureResidual
-from onebit.models.binaryvit import BinaryViT, Block, PoolBranches
+from onebit.models.binaryvit import BinaryViT, Block, PatchMerge, PoolBranches
 
 
 
@@ -244,7 +244,11 @@ def test_pool_branches_closed_form():
     4/5, 1, 4/5, 3/5 along a row."""
     r3, r5 = [2 / 3, 1, 1, 1, 2 / 3], [3 / 5, 4 / 5, 1, 4 / 5, 3 / 5]
     expect = torch.tensor([[r3[j] + r3[i] + r5[j] + r5[i] for j in range(5)] for i in range(5)])
-    out = PoolBranches(3, scaled=False)(torch.ones(2, 25, 3), (5, 5))
+    branches = PoolBranches(3)
+    with torch.no_grad():
+        for s in branches.scales:
+            s.alpha.fill_(1.0)
+    out = branches(torch.ones(2, 25, 3), (5, 5))
     assert torch.allclose(out, expect.view(1, 25, 1).expand(2, 25, 3), atol=1e-6)
 
 
@@ -271,6 +275,42 @@ def test_block_affine_with_pool_branches_closed_form():
     expect = h1 + ls(blk.ffn(y), blk.scale2) + pools
     with torch.no_grad():
         assert torch.allclose(blk(h, (4, 4)), expect, atol=1e-5)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_patch_merge_closed_form(binary):
+    """Patch merging as the authors' code (reference.md section 7), composed by hand: x = BN0(h);
+    binary: RPReLU(BN(conv(x)) + [avgpool2x2(x)] * 2) + pos; real (BinaryViT*): BN(conv(x)) + pos."""
+    torch.manual_seed(0)
+    m = PatchMerge(4, 8, 4, binary).eval()
+    with torch.no_grad():
+        for bn in (m.norm0, m.norm):
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
+        if binary:
+            m.act.slope.uniform_(0, 1), m.act.shift_in.uniform_(-0.5, 0.5), m.act.shift_out.uniform_(-0.5, 0.5)
+    h = torch.randn(2, 16, 4)
+    x = bn_eval(h, m.norm0).transpose(1, 2).reshape(2, 4, 4, 4)
+    main = bn_eval(m.conv(x).flatten(2).transpose(1, 2), m.norm)
+    if binary:
+        pooled = F.avg_pool2d(x, 2).flatten(2).transpose(1, 2)
+        expect = rprelu(main + torch.cat([pooled, pooled], -1), m.act) + m.pos_embed
+    else:
+        expect = main + m.pos_embed
+    with torch.no_grad():
+        out, grid = m(h, (4, 4))
+    assert grid == (2, 2) and torch.allclose(out, expect, atol=1e-5)
+    with pytest.raises(ValueError, match=r"next stage's width \(12\) must be a multiple of this one's \(8\)"):
+        PatchMerge(8, 12, 4, True)
+
+
+def test_pyramid_stem_has_a_batchnorm_and_each_stage_a_position_embedding():
+    """The authors' pyramid: patch embedding -> BN -> + position embedding, and a new position
+    embedding after every merge; the one-stage models keep the DeiT stem (no BN)."""
+    m = onebit.create_model("binaryvit_cifar")
+    assert type(m.embed_norm).__name__ == "TokenBatchNorm"
+    assert [tuple(g.pos_embed.shape) for g in m.merges] == [(1, 64, 96), (1, 16, 192), (1, 4, 384)]
+    assert type(onebit.create_model("binaryvit_cifar_affine").embed_norm).__name__ == "Identity"
 
 
 def test_layer_scale_initial_values():
@@ -318,7 +358,7 @@ def test_table4_parameters_and_operations():
         return abs(v - ref) / ref <= tol
 
     # and the "ours" column of the README's complexity table, at the precision it prints
-    readme = {"binaryvit": (22.31, 3.822, 0.192, 0.789), "binaryvit_star": (22.31, 3.745, 0.962, 1.548),
+    readme = {"binaryvit": (22.49, 3.822, 0.192, 0.789), "binaryvit_star": (22.49, 3.745, 0.962, 1.548),
               "binary_deit_s": (22.29, 4.541, 0.582, 1.291)}
     for name, params, bops, flops, ops in (("binaryvit", 22.6e6, 3.83e9, 0.19e8, 0.79e8),
                                            ("binaryvit_star", 22.6e6, 3.75e9, 0.95e8, 1.54e8),
@@ -382,7 +422,7 @@ def test_table3_rows_differ_by_one_switch():
             assert not torch.allclose(read, normed[:, 0], atol=1e-3)
     # parameter counts quoted in the README's Table 3 section: 1.25-1.26 M for the four one-stage rows
     counts = [round(sum(p.numel() for p in m.parameters()) / 1e6, 2) for m in ms]
-    assert set(counts[:4]) <= {1.25, 1.26} and counts[4] == 6.35
+    assert set(counts[:4]) <= {1.25, 1.26} and counts[4] == 6.36
 
 
 @pytest.mark.parametrize("kind", ["post_norm", "sandwich"])

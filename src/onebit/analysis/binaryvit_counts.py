@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..binarize.react import RSign
 from ..binarize.scaling import LearnedStep
 from ..layers.attention import BinaryAttention
-from ..models.binaryvit import BinaryViT, LayerScale, PoolBranches
+from ..models.binaryvit import BinaryViT, LayerScale, PatchMerge, PoolBranches
 from .complexity import count_zero, per_element_flops, register_counter
 
 
@@ -28,7 +28,7 @@ def count_attention(m: BinaryAttention, inputs, out) -> dict:
 
 
 register_counter(LayerScale, LearnedStep)(count_zero)
-register_counter(BinaryViT, container=True)(count_zero)  # its own cls token and position embedding
+register_counter(BinaryViT, PatchMerge, container=True)(count_zero)  # their own cls token and position embeddings
 
 
 @register_counter(PoolBranches)

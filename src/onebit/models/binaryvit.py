@@ -7,13 +7,17 @@ Table 3, in order:
 
 (a) ``pool="gap"``: global average pooling of the tokens instead of the cls token (Eq. 11);
 (b) ``pool_branches=True``: four average pools over the token grid (kernels 1x3, 3x1, 1x5,
-    5x1, stride 1, same padding) beside each FFN, on the FFN's normalised input;
+    5x1, stride 1, same padding) beside each FFN, on the FFN's normalised input, each through
+    its own alpha * x + beta (alpha, beta init 0: the authors' code has these in row (b) too);
 (c) ``residual_scale="affine"``: alpha * x + beta on each main branch before its residual
-    (Eq. 12-13; alpha init 0.1 on the main branches, 0 on the pool branches, as the authors'
-    code); ``"post_norm"`` (res-post-norm: BN after the branch instead of before) and
-    ``"sandwich"`` (BN before and after) are the alternatives of Sec. 3.3;
-(d) the pyramid: several stages (Table 6), patch merging between stages (a 2x2 stride-2 conv,
-    binary; real for BinaryViT*), Bi-SR-MHA with reduction R (Eq. 14-15).
+    (Eq. 12-13; alpha init 0.1, as the authors' code); ``"post_norm"`` (res-post-norm: BN after
+    the branch instead of before) and ``"sandwich"`` (BN before and after) are the alternatives
+    of Sec. 3.3;
+(d) the pyramid: several stages (Table 6), a BN after the real patch embedding, patch merging
+    between stages (BN, then a binary 2x2 stride-2 conv with a concatenated 2x2-average
+    shortcut and RPReLU, as ReActNet's down-sampling; for BinaryViT* a real conv and BN, no
+    shortcut; each merge adds a learned position embedding of its grid, as the authors' code),
+    Bi-SR-MHA with reduction R (Eq. 14-15).
 
 ``binary=False`` builds the full-precision twin of the same architecture (teachers).
 """
@@ -26,7 +30,8 @@ import torch.nn as nn
 
 from ..binarize.registry import Spec
 from ..layers.attention import BinaryAttention, grid_to_tokens, tokens_to_grid
-from ..layers.bifc import BiFC, TokenBatchNorm
+from ..binarize.react import RPReLU
+from ..layers.bifc import BiFC, FeatureResidual, TokenBatchNorm
 from ..layers.binary import BinaryConv2d
 from .registry import register_model
 
@@ -47,12 +52,12 @@ class LayerScale(nn.Module):
 
 
 class PoolBranches(nn.Module):
-    """Sum of four average pools over the token grid, each through its own LayerScale (or none)."""
+    """Sum of four average pools over the token grid, each through its own LayerScale (alpha, beta 0)."""
 
-    def __init__(self, dim: int, scaled: bool):
+    def __init__(self, dim: int):
         super().__init__()
         self.pools = nn.ModuleList(nn.AvgPool2d(k, 1, (k[0] // 2, k[1] // 2)) for k in POOL_KERNELS)
-        self.scales = nn.ModuleList(LayerScale(dim, 0.0) if scaled else nn.Identity() for _ in POOL_KERNELS)
+        self.scales = nn.ModuleList(LayerScale(dim, 0.0) for _ in POOL_KERNELS)
 
     def forward(self, y: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         g = tokens_to_grid(y, grid)
@@ -75,7 +80,7 @@ class Block(nn.Module):
         self.norm2 = TokenBatchNorm(dim) if pre else nn.Identity()
         self.ffn = nn.Sequential(BiFC(dim, dim * mlp_ratio, **kw), BiFC(dim * mlp_ratio, dim, **kw))
         self.scale1, self.scale2 = (self._scale(residual_scale, dim, ls_init) for _ in range(2))
-        self.pools = PoolBranches(dim, residual_scale == "affine") if pool_branches else None
+        self.pools = PoolBranches(dim) if pool_branches else None
 
     @staticmethod
     def _scale(kind: str | None, dim: int, init: float) -> nn.Module:
@@ -95,20 +100,38 @@ class Block(nn.Module):
 
 
 class PatchMerge(nn.Module):
-    """2x2 stride-2 conv between pyramid stages (binary, or real for BinaryViT*), then BN."""
+    """Patch merging between pyramid stages, halving the token grid (the authors' code, reference.md
+    section 7): x = BN0(h); binary: RPReLU(BN(BinConv2x2_s2(RSign(x))) + cat_n(AvgPool2x2(x))), the
+    down-sampling of ReActNet with out = n x in; real (BinaryViT*): BN(Conv2x2_s2(x)), no shortcut.
+    Then a learned position embedding of the new grid."""
 
-    def __init__(self, in_dim: int, out_dim: int, binary: bool, act: Spec = "clipped_ste", weight: Spec = "clipped_ste"):
+    def __init__(self, in_dim: int, out_dim: int, tokens: int, binary: bool, act: Spec = "clipped_ste",
+                 weight: Spec = "clipped_ste"):
         super().__init__()
+        self.norm0 = TokenBatchNorm(in_dim)
         if binary:
+            if out_dim % in_dim:
+                raise ValueError(f"binary patch merging concatenates copies of its input as the shortcut, so the "
+                                 f"next stage's width ({out_dim}) must be a multiple of this one's ({in_dim})")
             self.conv = BinaryConv2d(in_dim, out_dim, 2, 2, bias=False,
                                      input_binarizer={"name": "rsign", "estimator": act}, weight_binarizer=weight)
+            self.shortcut = nn.AvgPool2d(2, 2)
+            self.residual = FeatureResidual(in_dim, out_dim)
+            self.act = RPReLU(out_dim, dim=-1)
         else:
             self.conv = nn.Conv2d(in_dim, out_dim, 2, 2, bias=False)
+            self.shortcut = self.residual = self.act = None
         self.norm = TokenBatchNorm(out_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, tokens, out_dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, h: torch.Tensor, grid: tuple[int, int]):
-        y = self.conv(tokens_to_grid(h, grid))
-        return self.norm(grid_to_tokens(y)), (y.shape[2], y.shape[3])
+        x = tokens_to_grid(self.norm0(h), grid)
+        y = self.conv(x)
+        out = self.norm(grid_to_tokens(y))
+        if self.act is not None:
+            out = self.act(out + self.residual(grid_to_tokens(self.shortcut(x))))
+        return out + self.pos_embed, (y.shape[2], y.shape[3])
 
 
 class BinaryViT(nn.Module):
@@ -152,6 +175,7 @@ class BinaryViT(nn.Module):
         self.default_input_size = (in_chans, img_size, img_size)
         self.pool, self.num_classes = pool, num_classes
         self.patch_embed = nn.Conv2d(in_chans, embed_dims[0], patch_size, patch_size)  # real (Sec. 2)
+        self.embed_norm = TokenBatchNorm(embed_dims[0]) if n > 1 else nn.Identity()  # the pyramid's stem BN
         tokens = self.grid0[0] * self.grid0[1] + (1 if pool == "cls" else 0)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dims[0])) if pool == "cls" else None
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, embed_dims[0]))
@@ -162,10 +186,12 @@ class BinaryViT(nn.Module):
                    act=act, weight=weight, alpha_grad=alpha_grad)
         self.merges = nn.ModuleList()
         self.stages = nn.ModuleList()
+        side = self.grid0[0]
         for i in range(n):
             if i > 0:
-                self.merges.append(PatchMerge(embed_dims[i - 1], embed_dims[i], binary and merge == "binary",
-                                              act, weight))
+                side //= 2
+                self.merges.append(PatchMerge(embed_dims[i - 1], embed_dims[i], side * side,
+                                              binary and merge == "binary", act, weight))
             self.stages.append(nn.ModuleList(Block(embed_dims[i], heads[i], mlp_ratios[i], sr_ratios[i], **bkw)
                                              for _ in range(depths[i])))
         self.norm = TokenBatchNorm(embed_dims[-1])
@@ -180,7 +206,7 @@ class BinaryViT(nn.Module):
         if grid != self.grid0:
             raise ValueError(f"expected {self.default_input_size[1]}x{self.default_input_size[2]} images, "
                              f"got {x.shape[2]}x{x.shape[3]}")
-        h = grid_to_tokens(h)
+        h = self.embed_norm(grid_to_tokens(h))
         if self.cls_token is not None:
             h = torch.cat([self.cls_token.expand(len(h), -1, -1), h], dim=1)
         h = h + self.pos_embed
