@@ -30,7 +30,8 @@ and pass ``name=`` (and ``config=``).
 Before any tensor is built the loader checks the header length, the header JSON, every tensor's
 dtype, shape and offsets (inside the data region, no overlaps, no gaps, sizes add up to the file
 size), the format and version, both checksums, and that names, shapes and dtypes match the rebuilt
-model; then that no weight row has a bit set outside its weights (the engine counts whole words).  Any failure is a :class:`PackedFileError` (a ValueError) with a one-line message.
+model; then that no weight row has a bit set outside its weights (the engine counts whole words).
+Any failure is a :class:`PackedFileError` (a ValueError) with a one-line message.
 """
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from ..binarize.react import RPReLU
 from ..binarize.registry import Spec
 from ..layers.attention import BinaryAttention, grid_to_tokens, tokens_to_grid
-from ..binarize.react import RPReLU
 from ..layers.bifc import BiFC, FeatureResidual, TokenBatchNorm
 from ..layers.binary import BinaryConv2d
 from .registry import register_model
