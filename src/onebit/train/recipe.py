@@ -206,9 +206,7 @@ def load_recipe(name_or_path: str, overrides: Iterable[str] = ()) -> dict:
         raise ValueError(f"recipe {path} is not valid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"recipe {path} must be a YAML mapping")
-    unknown = set(raw) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"recipe {path} has unknown top-level keys {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    _refuse_unknown(raw, DEFAULTS, f"recipe {path} has unknown top-level keys")
     for section in ("data", "train"):
         _refuse_unknown(raw.get(section) or {}, DEFAULTS[section], f"recipe {path}: unknown {section} keys")
         for key, value in (raw.get(section) or {}).items():
