@@ -167,6 +167,26 @@ def test_learned_step_with_three_levels(grad):
     assert lsq.step.grad.item() == pytest.approx(dstep * scale, rel=1e-5)
 
 
+@pytest.mark.parametrize("raw", [0.0, -0.003])
+def test_learned_step_floors_a_non_positive_step(raw):
+    """A step the optimizer pushed to 0 or below is used as MIN_STEP = 1e-5 in the forward pass (the
+    authors' floor), and its gradient, computed at 1e-5, still reaches the raw parameter: here every
+    q = x / 1e-5 is above Q_p = 1, so y = 1e-5 where x > 0, and d step = sum of g over those entries
+    (bit: no scale).  Without the floor a negative step zeroes every output and its gradient."""
+    from onebit.binarize.scaling import MIN_STEP
+    lsq = LearnedStep(0.005, levels=1, grad="bit")
+    with torch.no_grad():
+        lsq.step.fill_(raw)
+    x = torch.tensor([[0.02, 0.0, 0.3, 0.1]])
+    g = torch.tensor([[1.0, 5.0, -0.25, 2.0]])
+    y = lsq(x)
+    assert MIN_STEP == 1e-5
+    assert torch.equal(y, torch.tensor([[1e-5, 0.0, 1e-5, 1e-5]]))
+    y.backward(g)
+    assert lsq.step.grad.item() == pytest.approx(1.0 - 0.25 + 2.0)
+    assert lsq.effective_step().item() == pytest.approx(1e-5)
+
+
 def randomise_shifts(att):
     """Distinct RSign shifts for Q, K and V (three draws of uniform(-0.3, 0.3)) and a random RPReLU."""
     with torch.no_grad():

@@ -734,6 +734,24 @@ def test_packed_attention_products_match_torch(sr):
         close(packed(h_in, (4, 4)), att(h_in, (4, 4)))
 
 
+@pytest.mark.parametrize("step", [0.0, -0.01])
+def test_packed_attention_uses_the_floored_step(step):
+    """A trained alpha_P at or below 0 runs as MIN_STEP = 1e-5 in PyTorch (every P entry at 1e-5 here):
+    the engine's P V uses the same floored value, not the raw parameter."""
+    torch.manual_seed(3)
+    att = randomize(BinaryAttention(16, heads=2, act="clipped_ste"), seed=3).eval()
+    with torch.no_grad():
+        att.prob.step.fill_(step)
+    packed = copy.deepcopy(att)
+    assert swap_attention(packed) == 1
+    sgn = lambda *s: torch.randint(0, 2, s).float() * 2 - 1  # noqa: E731
+    qb, kb, vb = sgn(2, 2, 9, 8), sgn(2, 2, 9, 8), sgn(2, 2, 9, 8)
+    with torch.no_grad():
+        floor = att.prob.effective_step().item()
+        assert floor == pytest.approx(1e-5) and set(att.probs(qb @ kb.transpose(-2, -1)).unique().tolist()) == {floor}
+        assert torch.allclose(packed.attend(qb, kb, vb), att.attend(qb, kb, vb), rtol=1e-5, atol=1e-9)
+
+
 def test_attention_with_real_probabilities_is_not_swapped():
     att = BinaryAttention(16, heads=2, act=None, quantize_probs=False).eval()
     assert swap_attention(att) == 0 and type(att) is BinaryAttention

@@ -41,11 +41,16 @@ def weight_scale(w: torch.Tensor, scale: str, grad: bool = False):
     return src.abs().mean()
 
 
+MIN_STEP = 1e-5  # floor on the step in the forward pass (the authors' BiT-style code: eps = 1e-5)
+
+
 class _RoundClipStep(torch.autograd.Function):
-    """y = s * round(clamp(x / s, 0, Q_p)); LSQ gradients with optional step-gradient scale g."""
+    """y = s * round(clamp(x / s, 0, Q_p)) with s = max(step, MIN_STEP); LSQ gradients with optional
+    step-gradient scale g, passed to the raw step straight through the floor (as the authors' code)."""
 
     @staticmethod
     def forward(ctx, x, step, q_p: int, g: float):
+        step = step.clamp_min(MIN_STEP)
         q = x / step
         ctx.save_for_backward(q)
         ctx.q_p, ctx.g = q_p, g
@@ -70,6 +75,9 @@ class LearnedStep(nn.Module):
     learnable, init 0.005 (authors' code).  ``grad="lsq"`` scales the step gradient by
     g = 1 / sqrt(N Q_p) with N the elements of one sample (Esser et al. 2020, as the paper
     cites); ``grad="bit"`` uses no scale (the authors' BiT-style code).  Default: ``lsq``.
+    The forward pass uses max(step, MIN_STEP), so that an optimizer step that takes the parameter
+    to 0 or below neither divides by zero nor zeroes every output with no gradient left to recover
+    (the authors' code floors it the same way); the gradient still moves the raw parameter.
     """
 
     def __init__(self, init: float = 0.005, levels: int = 1, grad: str = "lsq"):
@@ -87,6 +95,10 @@ class LearnedStep(nn.Module):
         per_sample = x[0].numel() if x.dim() > 1 else x.numel()
         g = 1.0 / math.sqrt(per_sample * self.levels) if self.grad == "lsq" else 1.0
         return _RoundClipStep.apply(x, self.step, self.levels, g)
+
+    def effective_step(self) -> torch.Tensor:
+        """The step the forward pass uses: max(step, MIN_STEP)."""
+        return self.step.clamp_min(MIN_STEP)
 
     def extra_repr(self) -> str:
         return f"step={self.step.item():.4g}, levels={self.levels}, grad={self.grad}"

@@ -52,7 +52,7 @@ class PackedBinaryAttention(BinaryAttention):
         acc = torch.empty((b * h, n, d), dtype=torch.float32)
         for i in range(b * h):
             acc[i] = torch.from_numpy(engine.bgemm(mask[i * n:(i + 1) * n], v[i * d:(i + 1) * d], m))
-        return (self.prob.step * ((acc + colsum) * 0.5)).view(b, h, n, d)
+        return (self.prob.effective_step() * ((acc + colsum) * 0.5)).view(b, h, n, d)
 
 
 def packable(att: nn.Module) -> bool:
