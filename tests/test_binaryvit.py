@@ -468,3 +468,16 @@ def test_residual_scale_alternatives(kind):
             expect = h1 + bn_eval(blk.ffn(bn_eval(h1, blk.norm2)), post_f)
         out = blk(h, (2, 2))
     assert out.shape == (2, 4, 16) and torch.allclose(out, expect, atol=1e-5)
+
+
+def test_alpha_init_per_layer_keys():
+    """alpha_init="keys": 1 / M with M each attention's keys: binaryvit_cifar has 16x16 tokens reduced
+    by R = 4 (16 keys), 8x8 by 2 (16), 4x4 (16), 2x2 (4); the flat baseline 8x8 tokens + cls (65)."""
+    steps = lambda m: [a.prob.step.item() for a in m.modules() if isinstance(a, BinaryAttention)]  # noqa: E731
+    pyramid = onebit.create_model("binaryvit_cifar", alpha_init="keys")
+    assert steps(pyramid) == pytest.approx([1 / 16] * 8 + [1 / 4] * 2)
+    assert steps(onebit.create_model("binaryvit_cifar_baseline", alpha_init="keys")) == pytest.approx([1 / 65] * 6)
+    assert steps(onebit.create_model("binaryvit_cifar")) == pytest.approx([0.005] * 10)
+    for bad in (0, -1.0, "tokens"):
+        with pytest.raises(ValueError, match="alpha_init must be a positive number or 'keys'"):
+            onebit.create_model("binaryvit_cifar", alpha_init=bad)
