@@ -6,8 +6,8 @@
 //   2. bit-packed im2col: row i = (oh, ow) of image n, group g holds, tap-major, the Wg words of the
 //      input pixel under each kernel tap, or Wg zero words where the tap falls outside the image;
 //      rows are stored in panels of V interleaved rows (see PanelFn in engine.h).  On the AVX-512
-//      path, when each pixel is one word, the stride 1 and output rows whole panels, no im2col:
-//      the tap kernel reads 8 consecutive pixels of a zero-padded copy of P per tap (TapFn);
+//      and AVX2 paths, when each pixel is one word, the stride 1 and output rows whole panels, no
+//      im2col: the tap kernel reads V consecutive pixels of a zero-padded copy of P per tap (TapFn);
 //   3. popcount GEMM of those rows against the weights [F, KH*KW*Wg] (same tap-major layout), in
 //      tiles of (group, filter block, image, pixel block) handed out to the threads; the kernel
 //      returns raw = Kbits - 2 popcount with Kbits = KH*KW*Cg, i.e. every tap counted as inside;
@@ -536,9 +536,9 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   //    image, as im2col writes them), tiles are whole output rows, and there is no im2col.  One copy
   //    per kernel column, shifted so that its taps read aligned panels: unaligned 64-byte loads
   //    split cache lines, which measured 7% of the whole 64 -> 64 @ 56x56 layer on Zen 5.
-  const bool direct = pk.taps && !pk.split && ldp == 1 && p.sh == 1 && p.sw == 1 && p.OW % V == 0;
+  const bool direct = pk.taps && ldp == 1 && p.sh == 1 && p.sw == 1 && p.OW % V == 0;
   const int64_t Hp = p.OH + (p.KH - 1) * p.dh;  // padded input rows (direct)
-  const int64_t mb = direct ? std::min(OHW, std::max<int64_t>(1, rows_per_tile(kw) / p.OW) * p.OW)
+  const int64_t mb = direct ? std::min(OHW, std::max<int64_t>(1, rows_per_tile(kw * S) / p.OW) * p.OW)
                             : panel_rows_per_tile(Mimg, kw * S);  // whole panels (or output rows)
   const bool shared = !direct && mb == Mimg;
   const int64_t mblocks = (OHW + mb - 1) / mb;
@@ -546,26 +546,31 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
   std::vector<int64_t> tap_off;
   if (direct) {
     // one zero-padded copy of the packed input per kernel column kx, shifted left by kx * dw words
-    // and OW words wide (a multiple of V): every tap then reads whole, aligned panels
-    const int64_t plane = p.N * Hp * p.OW;
+    // and OW words wide (a multiple of V): every tap then reads whole, aligned panels.  On the split
+    // layout each row is OW / 4 panels of 4 lo then 4 hi words (S OW words), as im2col's panels
+    // of one word: the tap kernel is the panel kernel with tap offsets, no im2col.
+    const int64_t ldr = p.OW * S, plane = p.N * Hp * ldr;
     A = scratch().get<uint64_t>(1, p.KW * plane);
+    uint64_t* tmp = pk.split ? tile_buffer<uint64_t>(p.OW) : nullptr;  // a plain row, then split
     for (int64_t kx = 0; kx < p.KW; ++kx) {
       const int64_t sh = kx * p.dw - p.pw;  // input column of output column 0 for this copy
       const int64_t c0 = std::min(p.OW, std::max<int64_t>(0, -sh)), c1 = std::max(c0, std::min(p.OW, p.W - sh));
       for (int64_t r = 0; r < p.N * Hp; ++r) {
-        uint64_t* d = A + kx * plane + r * p.OW;
+        uint64_t* d = A + kx * plane + r * ldr;
         const int64_t ih = r % Hp - p.ph;
         if (ih < 0 || ih >= p.H || c0 == c1) {
-          std::memset(d, 0, sizeof(uint64_t) * p.OW);
+          std::memset(d, 0, sizeof(uint64_t) * ldr);  // (zero splits to zero)
           continue;
         }
-        std::memset(d, 0, sizeof(uint64_t) * c0);
-        std::memcpy(d + c0, P + ((r / Hp) * p.H + ih) * p.W + (c0 + sh), sizeof(uint64_t) * (c1 - c0));
-        std::memset(d + c1, 0, sizeof(uint64_t) * (p.OW - c1));
+        uint64_t* e = pk.split ? tmp : d;
+        std::memset(e, 0, sizeof(uint64_t) * c0);
+        std::memcpy(e + c0, P + ((r / Hp) * p.H + ih) * p.W + (c0 + sh), sizeof(uint64_t) * (c1 - c0));
+        std::memset(e + c1, 0, sizeof(uint64_t) * (p.OW - c1));
+        if (pk.split) split4_avx2(tmp, p.OW / 4, d, 8);
       }
     }
     for (int64_t kh = 0; kh < p.KH; ++kh)
-      for (int64_t kx = 0; kx < p.KW; ++kx) tap_off.push_back(kx * plane + kh * p.dh * p.OW);
+      for (int64_t kx = 0; kx < p.KW; ++kx) tap_off.push_back(kx * plane + kh * p.dh * ldr);
   } else if (shared) {
     A = scratch().get<uint64_t>(1, G * p.N * Mimg * kw * S);
     const int64_t chunk = std::max<int64_t>(V, round_up(std::max<int64_t>(1, 4096 / (kw * S)), V));
@@ -600,10 +605,8 @@ void conv2d(const ConvParams& p, const float* x, const float* shift, const uint6
     const int64_t p0 = mi * mb, mc = std::min(mb, OHW - p0), mp = std::min(mb, Mimg - p0);
     const int64_t f0 = g * Fg + fi * fb, fc = std::min(fb, Fg - fi * fb);
     int32_t* T = tile_buffer(mb * fb);
-    if (direct) {  // output rows p0 / OW ..: raw acc
-      for (int64_t r = 0; r < mc; r += p.OW)
-        pk.taps(A + (n * Hp + (p0 + r) / p.OW) * p.OW, p.OW / V, tap_off.data(), Bw + f0 * ldb, ldb, fc, kw, Kbits,
-                T + r, mp);
+    if (direct) {  // output rows p0 / OW ..: raw acc, in one call (the rows of a copy are contiguous)
+      pk.taps(A + (n * Hp + p0 / p.OW) * p.OW * S, mc / V, tap_off.data(), Bw + f0 * ldb, ldb, fc, kw, Kbits, T, mp);
     } else {
       const uint64_t* Ab;
       if (shared) {

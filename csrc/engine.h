@@ -78,9 +78,10 @@ void popcount_block_avx512(const uint64_t*, int64_t, int64_t, const uint64_t*, i
 // C[j * ldc + i] = kbits - 2 * sum_{w < kw} popcount(word w of row i of A ^ word w of row j of B).
 using PanelFn = void (*)(const uint64_t* A, int64_t m, const uint64_t* B, int64_t ldb, int64_t n, int64_t kw,
                          int32_t kbits, int32_t* C, int64_t ldc);
-// Tap kernel (direct convolution, AVX-512 only): np panels of V consecutive pixels of one output
-// row, panel q at A + q * V, its word for tap w at A + q * V + off[w] (a padded, packed input with one
-// word per pixel); C as for PanelFn.
+// Tap kernel (direct convolution, AVX-512 and AVX2): np panels of V consecutive pixels (of one or
+// more whole output rows) of a padded, packed input with one word per pixel, panel q at A + q * V * S
+// and its word for tap w at A + q * V * S + off[w] (S = 2 on the split layout: V lo words, then the
+// V hi words); C as for PanelFn.
 using TapFn = void (*)(const uint64_t* A, int64_t np, const int64_t* off, const uint64_t* B, int64_t ldb, int64_t n,
                        int64_t kw, int32_t kbits, int32_t* C, int64_t ldc);
 struct PanelKernel {
@@ -106,6 +107,8 @@ void popcount_panel_avx2(ONEBIT_PANEL_ARGS);
 void popcount_panel_avx512(ONEBIT_PANEL_ARGS);
 void popcount_taps_avx512(const uint64_t*, int64_t, const int64_t*, const uint64_t*, int64_t, int64_t, int64_t, int32_t,
                           int32_t*, int64_t);
+void popcount_taps_avx2(const uint64_t*, int64_t, const int64_t*, const uint64_t*, int64_t, int64_t, int64_t, int32_t,
+                        int32_t*, int64_t);
 #endif
 #undef ONEBIT_PANEL_ARGS
 

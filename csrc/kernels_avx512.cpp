@@ -108,10 +108,11 @@ void popcount_panel_avx512(const uint64_t* A, int64_t m, const uint64_t* B, int6
   panel_driver<PkAvx512, 4, 4, 8>(A, m / 8, kw * 8, B, ldb, n, kw, kbits, C, ldc, static_cast<const int64_t*>(off.data()));
 }
 
-// Rows of 5 or more panels (40+ output pixels) run one filter at a time over up to 7 panels: each
+// Tiles of 5 or more panels (40+ output pixels) run one filter at a time over up to 7 panels: each
 // input load then folds into its xor (no register reuse to keep), which measured about 8% faster
-// at 64 channels on 56x56 on Zen 5 than 4 x 4 blocking; short rows keep 4 x 4 (CIFAR's 32x32 and
-// smaller), where the single-filter kernel measured slower.
+// at 64 channels on 56x56 on Zen 5 than 4 x 4 blocking.  (Measured with one call per output row,
+// where CIFAR's rows of 32 and fewer pixels were faster with 4 x 4; conv2d now passes whole tiles of
+// rows, where 7 x 1 measured 1-5% faster than those per-row 4 x 4 calls on an AVX-512 Xeon.)
 void popcount_taps_avx512(const uint64_t* A, int64_t np, const int64_t* off, const uint64_t* B, int64_t ldb, int64_t n,
                           int64_t kw, int32_t kbits, int32_t* C, int64_t ldc) {
   if (np >= 5)

@@ -108,7 +108,7 @@ PanelKernel panel_kernel(Path p) {
 #if ONEBIT_X86
   switch (p) {
     case Path::AVX512: return {popcount_panel_avx512, 8, false, popcount_taps_avx512};
-    case Path::AVX2: return {popcount_panel_avx2, 4, true};
+    case Path::AVX2: return {popcount_panel_avx2, 4, true, popcount_taps_avx2};
     case Path::Portable:
       return {cpu_features().popcnt ? popcount_panel_popcnt : popcount_panel_portable, 4, false};
   }

@@ -202,6 +202,13 @@ CONV_CASES = [
     # rows of 5+ panels: the single-filter tap kernel (7 panels, then the rest of a row of 8)
     (1, 24, 6, 64, 5, 3, 1, 1, 1, 1),
     (2, 50, 7, 48, 3, 3, 1, 2, 2, 1),
+    # the AVX2 path's direct convolution (rows of whole 4-pixel panels, nibble-split copies): rows of 12
+    # (not whole 8-pixel panels: im2col on AVX-512), with dilation and batches; 7x7 taps (49 words per
+    # pixel: byte counts flushed past 31 steps), also direct on AVX-512
+    (2, 40, 9, 12, 7, 3, 1, 1, 1, 1),
+    (3, 64, 10, 12, 6, 3, 1, 2, 2, 1),
+    (2, 5, 9, 12, 4, 7, 1, 3, 1, 1),
+    (2, 5, 9, 8, 4, 7, 1, 3, 1, 1),
     # large images: the im2col rows are built tile by tile instead of once per image (direct on AVX-512)
     (1, 64, 56, 56, 8, 3, 1, 1, 1, 1),
     (2, 130, 30, 29, 4, 3, 1, 1, 1, 1),

@@ -73,7 +73,9 @@ void test_conv(std::mt19937& rng, Path path) {
                                {1, 1, 1, 1, 1, 1, 1, 0, 1, 1},
                                // AVX-512 direct convolution (one word per pixel, stride 1, OW % 8 == 0)
                                {2, 16, 8, 8, 16, 3, 1, 1, 1, 1},  {1, 33, 12, 16, 9, 3, 1, 2, 2, 1},
-                               {1, 7, 4, 6, 3, 3, 1, 2, 1, 1},    {1, 64, 56, 56, 8, 3, 1, 1, 1, 1}};
+                               {1, 7, 4, 6, 3, 3, 1, 2, 1, 1},    {1, 64, 56, 56, 8, 3, 1, 1, 1, 1},
+                               // AVX2 direct convolution (OW % 4 == 0): dilation, 7x7 taps (kw > 31)
+                               {2, 40, 9, 12, 7, 3, 1, 2, 2, 1},  {2, 5, 9, 12, 4, 7, 1, 3, 1, 1}};
   for (const auto& cs : cases) {
     ConvParams p{};
     p.N = cs[0], p.C = cs[1], p.H = cs[2], p.W = cs[3], p.F = cs[4], p.KH = p.KW = cs[5];

@@ -2,7 +2,7 @@
 // the whole conv2d (integer and float outputs) and the popcount panel kernel alone over all rows
 // of the layer (the GEMM part), median and minimum of many calls.  Built and run by
 // benchmarks/kernel_bench.sh; used to compare kernel variants (the minimum is the steadiest
-// figure on a shared VM).
+// figure on a shared VM).  Arguments: [calls] [path] (auto, avx512, avx2 or portable).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -28,7 +28,7 @@ std::pair<double, double> timed(F f, int n) {  // (median, min) in ms
 
 int main(int argc, char** argv) {
   const int calls = argc > 1 ? std::atoi(argv[1]) : 300;
-  const Path path = best_path();
+  const Path path = parse_path(argc > 2 ? argv[2] : "auto");
   const PanelKernel pk = panel_kernel(path);
   std::mt19937_64 rng(1);
   std::normal_distribution<float> nd;
