@@ -13,6 +13,11 @@ probe trains the model from its initialisation (Adam, lr 5e-4, cross-entropy, th
 layer, alpha_P (the raw parameter; the forward pass floors it at 1e-5) and the fractions of P entries at alpha_P ("saturated") and at 0; once with alpha_P
 at 0.005 and once per other ``--inits`` value ("keys": 1 / the layer's number of keys).
 Same seed, same batches for every init.
+
+    python benchmarks/alpha_p_probe.py --checkpoint RUN/best.pt [RUN2/best.pt ...] [--out FILE]
+
+reads trained models instead: each attention layer's alpha_P and its clipped and zero fractions
+on 256 images of the embedded sample's validation split (eval mode).
 """
 from __future__ import annotations
 
@@ -84,6 +89,27 @@ def probe(model_name: str, init: str, steps: int, batch: int, every: int, seed: 
     return {"init": init, "seconds": round(time.perf_counter() - t0, 1), "trace": trace}
 
 
+def inspect(path: str, images: int = 256) -> dict:
+    """alpha_P and the P-entry fractions of every attention layer of a trained checkpoint."""
+    from onebit.data.transforms import cifar_eval_transform
+    from onebit.train.checkpoint import load_model
+    model, _ = load_model(path)
+    layers = attention_layers(model)
+    stats = {}
+    for name, m in layers:
+        def fn(module, args, out, name=name):
+            level = (args[0] / module.effective_step()).clamp(0, 1).round()
+            stats[name] = {"alpha": module.step.item(), "saturated": (level == 1).float().mean().item(),
+                           "zero": (level == 0).float().mean().item(), "keys": args[0].shape[-1]}
+        m.prob.register_forward_hook(fn)
+    x, _ = next(iter(BatchLoader(load_sample("val"), images, transform=cifar_eval_transform())))
+    with torch.no_grad():
+        model(x)
+    for name, v in stats.items():
+        print(f"{path} {name}: alpha_P {v['alpha']:.4f}, clipped {v['saturated']:.3f}, zero {v['zero']:.3f}")
+    return {"checkpoint": path, "layers": stats}
+
+
 def _forever(loader):
     epoch = 0
     while True:
@@ -101,14 +127,20 @@ def main(argv=None) -> None:
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--checkpoint", nargs="+", default=None, help="inspect trained checkpoints instead")
     ap.add_argument("--out", default="results/experiments/alpha_p_probe.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    runs = [probe(args.model, init, args.steps, args.batch, args.every, args.seed) for init in args.inits]
-    out = {"command": "python benchmarks/alpha_p_probe.py " + " ".join(argv or __import__("sys").argv[1:]),
-           "model": args.model, "steps": args.steps, "batch": args.batch, "optimizer": "adam lr 5e-4",
-           "loss": "cross-entropy", "data": "embedded sample (5,000 train), crop + flip", "seed": args.seed,
-           "torch": torch.__version__, "runs": runs}
+    command = "python benchmarks/alpha_p_probe.py " + " ".join(argv or __import__("sys").argv[1:])
+    if args.checkpoint:
+        out = {"command": command, "data": "embedded sample, 256 validation images", "torch": torch.__version__,
+               "checkpoints": [inspect(path) for path in args.checkpoint]}
+    else:
+        runs = [probe(args.model, init, args.steps, args.batch, args.every, args.seed) for init in args.inits]
+        out = {"command": command, "model": args.model, "steps": args.steps, "batch": args.batch,
+               "optimizer": "adam lr 5e-4", "loss": "cross-entropy",
+               "data": "embedded sample (5,000 train), crop + flip", "seed": args.seed,
+               "torch": torch.__version__, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
