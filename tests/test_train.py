@@ -66,6 +66,17 @@ def test_overrides_are_checked():
         load_recipe("nope")
 
 
+def test_alpha_init_override_takes_a_number_or_a_name():
+    """The BinaryViT recipes set model.alpha_init to the name "keys"; the authors' 0.005 must still be
+    settable from the command line (and back), while other types stay refused."""
+    r = load_recipe("binaryvit-cifar10-pyramid", ["model.alpha_init=0.005"])
+    assert load_recipe("binaryvit-cifar10-pyramid")["model"]["alpha_init"] == "keys"
+    assert r["model"]["alpha_init"] == 0.005
+    assert apply_overrides(r, ["model.alpha_init=keys"])["model"]["alpha_init"] == "keys"
+    with pytest.raises(ValueError, match="expected a str like 'keys', got a list"):
+        load_recipe("binaryvit-cifar10-pyramid", ["model.alpha_init=[1, 2]"])
+
+
 # ---------------------------------------------------------------- optimizer and schedule
 
 def test_lr_schedule_closed_form():

@@ -115,6 +115,9 @@ def recipe_path(name_or_path: str) -> Path:
     return p
 
 
+NUMBER_OR_NAME = ("model.alpha_init",)  # options that take a number or a name ("keys")
+
+
 def _check_type(key: str, old: Any, new: Any, where: str = "override") -> Any:
     """New value for ``key`` if its type is compatible with the old one (``where``: the override or
     the recipe file that sets it, for the error message)."""
@@ -132,6 +135,8 @@ def _check_type(key: str, old: Any, new: Any, where: str = "override") -> Any:
     elif isinstance(old, dict) and isinstance(new, dict):
         return new
     elif isinstance(old, (str, dict)) and isinstance(new, (str, dict)):  # binarizer specs: name or dict
+        return new
+    elif key in NUMBER_OR_NAME and isinstance(old, (int, float, str)) and isinstance(new, (int, float, str)):
         return new
     raise ValueError(f"{where} {key}={new!r}: expected a {type(old).__name__} like {old!r}, "
                      f"got a {type(new).__name__}")
