@@ -171,19 +171,20 @@ def test_learned_step_with_three_levels(grad):
 def test_learned_step_floors_a_non_positive_step(raw):
     """A step the optimizer pushed to 0 or below is used as MIN_STEP = 1e-5 in the forward pass (the
     authors' floor), and its gradient, computed at 1e-5, still reaches the raw parameter: here every
-    q = x / 1e-5 is above Q_p = 1, so y = 1e-5 where x > 0, and d step = sum of g over those entries
-    (bit: no scale).  Without the floor a negative step zeroes every output and its gradient."""
+    q = x / 1e-5 but the last is above Q_p = 1, so y = 1e-5 where x > 0, and d step = sum of g over
+    those entries, plus (round(q) - q) g = 0.3 g for the last, inside at q = 0.7 (bit: no scale).
+    Without the floor a negative step zeroes every output and its gradient."""
     from onebit.binarize.scaling import MIN_STEP
     lsq = LearnedStep(0.005, levels=1, grad="bit")
     with torch.no_grad():
         lsq.step.fill_(raw)
-    x = torch.tensor([[0.02, 0.0, 0.3, 0.1]])
-    g = torch.tensor([[1.0, 5.0, -0.25, 2.0]])
+    x = torch.tensor([[0.02, 0.0, 0.3, 0.1, 0.7e-5]])
+    g = torch.tensor([[1.0, 5.0, -0.25, 2.0, 4.0]])
     y = lsq(x)
     assert MIN_STEP == 1e-5
-    assert torch.equal(y, torch.tensor([[1e-5, 0.0, 1e-5, 1e-5]]))
+    assert torch.allclose(y, torch.tensor([[1e-5, 0.0, 1e-5, 1e-5, 1e-5]]), rtol=0, atol=1e-12)
     y.backward(g)
-    assert lsq.step.grad.item() == pytest.approx(1.0 - 0.25 + 2.0)
+    assert lsq.step.grad.item() == pytest.approx(1.0 - 0.25 + 2.0 + 0.3 * 4.0, rel=1e-5)
     assert lsq.effective_step().item() == pytest.approx(1e-5)
 
 
@@ -471,13 +472,24 @@ def test_residual_scale_alternatives(kind):
 
 
 def test_alpha_init_per_layer_keys():
-    """alpha_init="keys": 1 / M with M each attention's keys: binaryvit_cifar has 16x16 tokens reduced
-    by R = 4 (16 keys), 8x8 by 2 (16), 4x4 (16), 2x2 (4); the flat baseline 8x8 tokens + cls (65)."""
-    steps = lambda m: [a.prob.step.item() for a in m.modules() if isinstance(a, BinaryAttention)]  # noqa: E731
-    pyramid = onebit.create_model("binaryvit_cifar", alpha_init="keys")
-    assert steps(pyramid) == pytest.approx([1 / 16] * 8 + [1 / 4] * 2)
-    assert steps(onebit.create_model("binaryvit_cifar_baseline", alpha_init="keys")) == pytest.approx([1 / 65] * 6)
-    assert steps(onebit.create_model("binaryvit_cifar")) == pytest.approx([0.005] * 10)
+    """alpha_init="keys": 1 / M with M the keys each attention actually sees (read by a hook on a
+    forward pass): binaryvit_cifar has 16x16 tokens reduced by R = 4 (16 keys), 8x8 by 2 (16), 4x4
+    (16), 2x2 (4); the flat baseline 8x8 tokens + cls (65), the flat gap row 64."""
+    def steps_and_keys(name):
+        model = onebit.create_model(name, alpha_init="keys").eval()
+        layers = [a for a in model.modules() if isinstance(a, BinaryAttention)]
+        keys = {}
+        for i, a in enumerate(layers):
+            a.prob.register_forward_hook(lambda m, args, out, i=i: keys.__setitem__(i, args[0].shape[-1]))
+        with torch.no_grad():
+            model(torch.randn(2, 3, 32, 32))
+        return [a.prob.step.item() for a in layers], [keys[i] for i in range(len(layers))]
+    for name, want in (("binaryvit_cifar", [16] * 8 + [4] * 2), ("binaryvit_cifar_baseline", [65] * 6),
+                       ("binaryvit_cifar_gap", [64] * 6)):
+        steps, keys = steps_and_keys(name)
+        assert keys == want and steps == pytest.approx([1 / k for k in keys])
+    assert [a.prob.step.item() for a in onebit.create_model("binaryvit_cifar").modules()
+            if isinstance(a, BinaryAttention)] == pytest.approx([0.005] * 10)
     for bad in (0, -1.0, "tokens"):
         with pytest.raises(ValueError, match="alpha_init must be a positive number or 'keys'"):
             onebit.create_model("binaryvit_cifar", alpha_init=bad)
