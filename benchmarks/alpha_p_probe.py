@@ -22,6 +22,7 @@ on 256 images of the embedded sample's validation split (eval mode).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -32,43 +33,36 @@ import torch.nn.functional as F
 import onebit
 from onebit.data.loader import BatchLoader
 from onebit.data.sample import load_sample
-from onebit.data.transforms import cifar_train_transform
+from onebit.data.transforms import cifar_eval_transform, cifar_train_transform
 from onebit.layers.attention import BinaryAttention
+from onebit.train.checkpoint import load_model
 
 
 def attention_layers(model):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, BinaryAttention)]
 
 
+def watch(model) -> dict:
+    """{layer name: stats}, refreshed at every forward: alpha_P (the raw parameter), the fractions of
+    P entries at alpha_P ("saturated") and at 0 under the floored step the forward pass uses, and
+    the number of keys."""
+    stats = {}
+    for name, m in attention_layers(model):
+        def fn(module, args, out, name=name):
+            level = (args[0].detach() / module.effective_step().detach()).clamp(0, 1).round()  # Eq. 8 / alpha_P
+            stats[name] = {"alpha": module.step.item(), "saturated": (level == 1).float().mean().item(),
+                           "zero": (level == 0).float().mean().item(), "keys": args[0].shape[-1]}
+        m.prob.register_forward_hook(fn)
+    return stats
+
+
 def probe(model_name: str, init: str, steps: int, batch: int, every: int, seed: int) -> dict:
     """Train ``model_name`` for ``steps`` Adam steps with alpha_P at ``init``; the trace of every layer."""
-    torch.manual_seed(seed)
-    model = onebit.create_model(model_name)
-    layers = attention_layers(model)
-    stats = {}
-
-    def hook(name):
-        def fn(module, args, out):
-            step = module.effective_step().detach()  # the floored step the forward pass uses
-            level = (args[0].detach() / step).clamp(0, 1).round()  # Eq. 8 without alpha_P
-            stats[name] = {"saturated": (level == 1).float().mean().item(),
-                           "zero": (level == 0).float().mean().item(), "keys": args[0].shape[-1]}
-        return fn
-
-    for name, m in layers:
-        m.prob.register_forward_hook(hook(name))
-    loader = BatchLoader(load_sample("train"), batch, shuffle=True, transform=cifar_train_transform(), seed=seed,
-                         drop_last=True)
-    batches = _forever(loader)
-    if init == "keys":
-        with torch.no_grad():  # one forward tells each layer its number of keys M
-            model.eval()
-            model(next(iter(loader))[0])
-        for name, m in layers:
-            m.prob.step.data.fill_(1.0 / stats[name]["keys"])
-    else:
-        for _, m in layers:
-            m.prob.step.data.fill_(float(init))
+    torch.manual_seed(seed)  # alpha_init does not draw random numbers: the same weights for every init
+    model = onebit.create_model(model_name, alpha_init=init if init == "keys" else float(init))
+    stats = watch(model)
+    batches = _forever(BatchLoader(load_sample("train"), batch, shuffle=True, transform=cifar_train_transform(),
+                                   seed=seed, drop_last=True))
     opt = torch.optim.Adam(model.parameters(), lr=5e-4)
     model.train()
     trace = []
@@ -77,10 +71,9 @@ def probe(model_name: str, init: str, steps: int, batch: int, every: int, seed: 
         x, y = next(batches)
         loss = F.cross_entropy(model(x), y)
         if step % every == 0 or step == steps:
-            trace.append({"step": step, "loss": round(loss.item(), 4),
-                          "layers": {name: {"alpha": m.prob.step.item(), **stats[name]} for name, m in layers}})
+            trace.append({"step": step, "loss": round(loss.item(), 4), "layers": copy.deepcopy(stats)})
             print(f"init {init} step {step}: loss {loss.item():.3f}  " + "  ".join(
-                f"{v['alpha']:.4f}/{v['saturated']:.2f}" for v in trace[-1]["layers"].values()), flush=True)
+                f"{v['alpha']:.4f}/{v['saturated']:.2f}" for v in stats.values()), flush=True)
         if step == steps:
             break
         opt.zero_grad(set_to_none=True)
@@ -91,17 +84,8 @@ def probe(model_name: str, init: str, steps: int, batch: int, every: int, seed: 
 
 def inspect(path: str, images: int = 256) -> dict:
     """alpha_P and the P-entry fractions of every attention layer of a trained checkpoint."""
-    from onebit.data.transforms import cifar_eval_transform
-    from onebit.train.checkpoint import load_model
     model, _ = load_model(path)
-    layers = attention_layers(model)
-    stats = {}
-    for name, m in layers:
-        def fn(module, args, out, name=name):
-            level = (args[0] / module.effective_step()).clamp(0, 1).round()
-            stats[name] = {"alpha": module.step.item(), "saturated": (level == 1).float().mean().item(),
-                           "zero": (level == 0).float().mean().item(), "keys": args[0].shape[-1]}
-        m.prob.register_forward_hook(fn)
+    stats = watch(model)
     x, _ = next(iter(BatchLoader(load_sample("val"), images, transform=cifar_eval_transform())))
     with torch.no_grad():
         model(x)
