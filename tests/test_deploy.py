@@ -67,6 +67,11 @@ CONV_CASES = [
 ]
 
 
+def signs(*shape: int) -> torch.Tensor:
+    """A random tensor of +-1 (torch's global generator)."""
+    return torch.randint(0, 2, shape).float() * 2 - 1
+
+
 def make_conv(case, seed=0):
     cin, cout, k, s, p, d, g, bias, act, scale = case
     torch.manual_seed(seed)
@@ -716,8 +721,7 @@ def test_packed_attention_products_match_torch(sr):
     with torch.no_grad():
         att.prob.step.fill_(0.02)
     b, h, n, m, d = 2, 3, 16, 16 // sr ** 2, 16
-    sgn = lambda *s: torch.randint(0, 2, s).float() * 2 - 1  # noqa: E731
-    qb, kb, vb = sgn(b, h, n, d), sgn(b, h, m, d), sgn(b, h, m, d)
+    qb, kb, vb = signs(b, h, n, d), signs(b, h, m, d), signs(b, h, m, d)
     packed = copy.deepcopy(att)
     assert swap_attention(packed) == 1 and type(packed) is PackedBinaryAttention
     with torch.no_grad():
@@ -744,8 +748,7 @@ def test_packed_attention_uses_the_floored_step(step):
         att.prob.step.fill_(step)
     packed = copy.deepcopy(att)
     assert swap_attention(packed) == 1
-    sgn = lambda *s: torch.randint(0, 2, s).float() * 2 - 1  # noqa: E731
-    qb, kb, vb = sgn(2, 2, 9, 8), sgn(2, 2, 9, 8), sgn(2, 2, 9, 8)
+    qb, kb, vb = signs(2, 2, 9, 8), signs(2, 2, 9, 8), signs(2, 2, 9, 8)
     with torch.no_grad():
         floor = att.prob.effective_step().item()
         assert floor == pytest.approx(1e-5) and set(att.probs(qb @ kb.transpose(-2, -1)).unique().tolist()) == {floor}
