@@ -10,8 +10,22 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace onebit {
+
+// off[w] = 8 w for w < kw: where word w of an interleaved panel starts, for panel kernels that
+// take an offset table (so that the same kernel also runs a direct convolution's tap offsets).
+// Both interleaved layouts store 8 words per reduction word: 8 rows (AVX-512), or 4 rows as 4 lo
+// and 4 hi nibble words (AVX2).  One table per thread, grown on demand.
+inline const int64_t* panel_offsets(int64_t kw) {
+  thread_local std::vector<int64_t> off;
+  if (static_cast<int64_t>(off.size()) < kw) {
+    off.resize(kw);
+    for (int64_t w = 0; w < kw; ++w) off[w] = 8 * w;
+  }
+  return off.data();
+}
 
 inline void prefetch(const void* p) {
 #if defined(__GNUC__) || defined(__clang__)

@@ -5,8 +5,6 @@
 // Byte accumulators take at most 8 per 256-bit step, so they are flushed every 31 steps
 // (31 * 8 = 248 < 256).  Words past the last full 256-bit step use scalar POPCNT, which runs on
 // the integer pipes beside the vector ones.
-#include <vector>
-
 #include "block.h"
 #include "engine.h"
 
@@ -140,15 +138,9 @@ struct PkAvx2 {
 
 void popcount_panel_avx2(const uint64_t* A, int64_t m, const uint64_t* B, int64_t ldb, int64_t n, int64_t kw,
                          int32_t kbits, int32_t* C, int64_t ldc) {
-  thread_local std::vector<int64_t> off;
-  if (static_cast<int64_t>(off.size()) < kw) {
-    off.resize(kw);
-    for (int64_t w = 0; w < kw; ++w) off[w] = 8 * w;
-  }
   // 2 panels (8 pixels) x 3 filters: 6 accumulators; measured on Zen 3 against 1x4 .. 3x4, which
   // are within a few percent (the loop is bound by vector-ALU throughput, not by loads)
-  panel_driver<PkAvx2, 2, 3, 4, 2>(A, m / 4, kw * 8, B, ldb, n, kw, kbits, C, ldc,
-                                   static_cast<const int64_t*>(off.data()));
+  panel_driver<PkAvx2, 2, 3, 4, 2>(A, m / 4, kw * 8, B, ldb, n, kw, kbits, C, ldc, panel_offsets(kw));
 }
 
 // Direct convolution (TapFn): panel q of 4 pixels at A + 8 q (lo words, then hi), tap w at + off[w].

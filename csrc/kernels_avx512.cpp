@@ -1,8 +1,6 @@
 // AVX-512 path: XOR + VPOPCNTDQ (_mm512_popcnt_epi64), 64-bit lane accumulators, 4 x 4 register
 // blocking (16 accumulators of the 32 zmm registers).  The last partial 512-bit step uses masked
 // loads (masked-out lanes read as 0 and are never touched in memory), so both tails xor to 0.
-#include <vector>
-
 #include "block.h"
 #include "engine.h"
 
@@ -100,12 +98,7 @@ struct PkAvx512 {
 
 void popcount_panel_avx512(const uint64_t* A, int64_t m, const uint64_t* B, int64_t ldb, int64_t n, int64_t kw,
                            int32_t kbits, int32_t* C, int64_t ldc) {
-  thread_local std::vector<int64_t> off;
-  if (static_cast<int64_t>(off.size()) < kw) {
-    off.resize(kw);
-    for (int64_t w = 0; w < kw; ++w) off[w] = 8 * w;
-  }
-  panel_driver<PkAvx512, 4, 4, 8>(A, m / 8, kw * 8, B, ldb, n, kw, kbits, C, ldc, static_cast<const int64_t*>(off.data()));
+  panel_driver<PkAvx512, 4, 4, 8>(A, m / 8, kw * 8, B, ldb, n, kw, kbits, C, ldc, panel_offsets(kw));
 }
 
 // Tiles of 5 or more panels (40+ output pixels) run one filter at a time over up to 7 panels: each
