@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The activation packer before and after dropping its software prefetch (and going to 64 pixels per
+# AVX-512 step): csrc/tests/kernel_bench.cpp built against OLD's csrc/ and against the working tree,
+# run alternately ROUNDS times (this VM's speed drifts by +-30% over seconds: compare medians of
+# rounds, not one run), then a perf profile of the 64 -> 64 @ 56x56 layer for each when perf exists.
+#   bash results/experiments/pack-prefetch/run.sh [OLD (default f5d8a7d)] [ROUNDS (default 7)] [PATH (default auto)]
+# Pause trainings first; writes nothing (redirect the output).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/../../.." && pwd)
+old=${1:-f5d8a7d}
+rounds=${2:-7}
+path=${3:-auto}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/old"
+git -C "$here" archive "$old" csrc | tar -x -C "$tmp/old"
+build() {  # build SRC_DIR OUT
+  g++ -std=c++17 -O3 -g -ffp-contract=off -pthread -I"$1" "$here/csrc/tests/kernel_bench.cpp" \
+    $(ls "$1"/*.cpp | grep -v bindings.cpp) -ldl -o "$2"
+}
+build "$tmp/old/csrc" "$tmp/bench_old" &
+build "$here/csrc" "$tmp/bench_new" &
+wait
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), path $path, old = $old, new = $(git -C "$here" rev-parse --short HEAD)+tree"
+for r in $(seq "$rounds"); do
+  for v in old new; do "$tmp/bench_$v" 200 "$path" | sed -n 's/^ *\([0-9]*\) -> *\([0-9]*\) @ *\([0-9x ]*\) .*conv float \([0-9.]*\) .*/'"$v"' \1@\3 \4/p'; done
+done | python3 -c "
+import collections, statistics, sys
+d = collections.defaultdict(list)
+for line in sys.stdin:
+    v, shape, ms = line.split()
+    d[(shape, v)].append(float(ms))
+print('conv float, median over rounds of each run\'s median (ms); rounds listed')
+for shape in dict.fromkeys(s for s, _ in d):
+    o, n = statistics.median(d[(shape, 'old')]), statistics.median(d[(shape, 'new')])
+    print(f'{shape:>8}  old {o:.3f}  new {n:.3f}  old/new {o / n:.2f}   old: ' + ' '.join(f'{x:.3f}' for x in d[(shape, 'old')])
+          + '   new: ' + ' '.join(f'{x:.3f}' for x in d[(shape, 'new')]))
+"
+if command -v perf > /dev/null; then
+  cat > "$tmp/one.cpp" <<'CPP'
+#include <random>
+#include <vector>
+#include "engine.h"
+using namespace onebit;
+int main() {  // 3000 calls of the 64 -> 64 @ 56x56 float conv
+  const int64_t C = 64, H = 56, kw = 9, ldb = 16;
+  std::mt19937_64 rng(1);
+  std::normal_distribution<float> nd;
+  std::vector<float> x(C * H * H), w(C * C * 9), scale(C, 0.5f), bias(C, 0.25f), out(C * H * H);
+  for (auto& v : x) v = nd(rng);
+  for (auto& v : w) v = nd(rng);
+  std::vector<uint64_t> wbits(C * ldb), wsplit(C * 2 * kw);
+  std::vector<int32_t> tapsum(C * 9);
+  pack_conv_weight(w.data(), C, C, 3, 3, wbits.data(), ldb, tapsum.data());
+  split_rows(wbits.data(), C, ldb, kw, wsplit.data(), 1);
+  ConvParams p{1, C, H, H, {C * H * H, H * H, H, 1}, C, 3, 3, 1, 1, 1, 1, 1, 1, 1, H, H, ldb};
+  const Path path = parse_path(PATH_NAME);
+  for (int i = 0; i < 3000; ++i)
+    conv2d(p, x.data(), nullptr, wbits.data(), panel_kernel(path).split ? wsplit.data() : nullptr, tapsum.data(),
+           scale.data(), bias.data(), out.data(), nullptr, path, 1);
+}
+CPP
+  for v in old new; do
+    src=$([ $v = old ] && echo "$tmp/old/csrc" || echo "$here/csrc")
+    g++ -std=c++17 -O3 -g -ffp-contract=off -pthread -I"$src" -DPATH_NAME="\"$path\"" "$tmp/one.cpp" $(ls "$src"/*.cpp | grep -v bindings.cpp) -ldl -o "$tmp/one_$v"
+    echo "perf, 64 -> 64 @ 56x56, $v: share of samples per function (top 6)"
+    perf record -q -o "$tmp/perf_$v.data" "$tmp/one_$v" 2> /dev/null
+    perf report -i "$tmp/perf_$v.data" --stdio 2> /dev/null | grep -v '^#' | grep -v '^$' | head -6 \
+      | sed 's/(anonymous namespace):://; s/std::_Function_handler<void (long), //' | cut -c1-120
+  done
+fi
