@@ -3,12 +3,12 @@
 #   bash scripts/long_runs.sh [DATA_DIR] [RUNS_DIR]        (runs in the foreground; start it with & or nohup)
 #   1. fp-e80:          the fp32 teacher for 80 epochs, compiled (the 30-epoch one reaches only 86.02%);
 #                       skipped where it is recorded and RUNS_DIR lacks it (the zoo holds it);
-#   2. reste-relu-e300: the ReSTE recipe (conv -> ReLU -> BN branches) for 300 epochs (eager: the
+#   2. table3:          BinaryViT's Table 3 rows at the README's 6-epoch budget (1,000 images per class),
+#                       compiled -> results/binaryvit_table3.json (the README table; issue 6); about 2 h;
+#   3. reste-relu-e300: the ReSTE recipe (conv -> ReLU -> BN branches) for 300 epochs (eager: the
 #                       engine's training ops make it 1.47x faster);
-#   3. reactnet-e240:   the two-stage ReActNet recipe, 120 + 120 epochs, KD from fp-e80, compiled
+#   4. reactnet-e240:   the two-stage ReActNet recipe, 120 + 120 epochs, KD from fp-e80, compiled
 #                       (580 img/s compiled against 331 eager on Zen 5);
-#   4. table3:          BinaryViT's Table 3 rows at the README's 6-epoch budget (1,000 images per class),
-#                       compiled -> results/binaryvit_table3.json (the README table; issue 6);
 #   5. binaryvit-e100:  the full BinaryViT-CIFAR (pyramid) for the recipe's 100 epochs, compiled (issue 6's 80% bar).
 # (reste-e300, the same recipe before its branches had the ReLU, was stopped at epoch 130:
 # results/stopped/reste-identity-e300.)
@@ -58,16 +58,17 @@ if [ -f "$runs/fp-e80/best.pt" ] || [ ! -f "$here/results/runs/fp-resnet20-cifar
     --set train.epochs=80 --set train.threads=2 --set train.compile=true
   teacher=$runs/fp-e80/best.pt
 fi
+# Table 3 first: about 2 h, against days for the long runs below
+if [ ! -f "$runs/table3.done" ]; then
+  "$py" benchmarks/binaryvit_table3.py --data "$data" --epochs 6 --train-per-class 1000 --threads "${THREADS:-2}" \
+    --runs "$runs/table3" --set train.compile=true --out results/binaryvit_table3.json >> "$runs/table3.log" 2>&1 \
+    && touch "$runs/table3.done"
+fi
 run reste-relu-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
   --set train.epochs=300 --set train.threads=2
 stages='[{name: binary-activations, epochs: 120, set: {model.weight_binarizer: null, train.weight_decay: 1.0e-5}},'
 stages+=' {name: binary-weights-and-activations, epochs: 120, set: {train.weight_decay: 0.0}}]'
 run reactnet-e240 reactnet-resnet20-cifar10-e240 --recipe reactnet-resnet20-cifar10 \
   --set train.threads=2 --set train.compile=true --set "kd.teacher=$teacher" --set "stages=$stages"
-if [ ! -f "$runs/table3.done" ]; then
-  "$py" benchmarks/binaryvit_table3.py --data "$data" --epochs 6 --train-per-class 1000 --threads 2 \
-    --runs "$runs/table3" --set train.compile=true --out results/binaryvit_table3.json >> "$runs/table3.log" 2>&1 \
-    && touch "$runs/table3.done"
-fi
 run binaryvit-e100 binaryvit-cifar10-pyramid-e100 --recipe binaryvit-cifar10-pyramid \
   --set train.threads=2 --set train.compile=true
