@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The activation packer before and after dropping its software prefetch (and going to 64 pixels per
 # AVX-512 step): csrc/tests/kernel_bench.cpp built against OLD's csrc/ and against the working tree,
-# run alternately ROUNDS times (this VM's speed drifts by +-30% over seconds: compare medians of
+# run alternately ROUNDS times, and pack_alone.cpp (the activation packer alone) the same way (this VM's speed drifts by +-30% over seconds: compare medians of
 # rounds, not one run), then a perf profile of the 64 -> 64 @ 56x56 layer for each when perf exists.
 #   bash results/experiments/pack-prefetch/run.sh [OLD (default f5d8a7d)] [ROUNDS (default 7)] [PATH (default auto)]
 # Pause trainings first; writes nothing (redirect the output).
@@ -21,6 +21,13 @@ build() {  # build SRC_DIR OUT
 build "$tmp/old/csrc" "$tmp/bench_old" &
 build "$here/csrc" "$tmp/bench_new" &
 wait
+build_pack() {  # build_pack SRC_DIR OUT
+  g++ -std=c++17 -O3 -ffp-contract=off -pthread -I"$1" "$here/results/experiments/pack-prefetch/pack_alone.cpp" \
+    $(ls "$1"/*.cpp | grep -v bindings.cpp) -ldl -o "$2"
+}
+build_pack "$tmp/old/csrc" "$tmp/pack_old" &
+build_pack "$here/csrc" "$tmp/pack_new" &
+wait
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), path $path, old = $old, new = $(git -C "$here" rev-parse --short HEAD)+tree"
 for r in $(seq "$rounds"); do
   for v in old new; do "$tmp/bench_$v" 200 "$path" | sed -n 's/^ *\([0-9]*\) -> *\([0-9]*\) @ *\([0-9x ]*\) .*conv float \([0-9.]*\) .*/'"$v"' \1@\3 \4/p'; done
@@ -35,6 +42,21 @@ for shape in dict.fromkeys(s for s, _ in d):
     o, n = statistics.median(d[(shape, 'old')]), statistics.median(d[(shape, 'new')])
     print(f'{shape:>8}  old {o:.3f}  new {n:.3f}  old/new {o / n:.2f}   old: ' + ' '.join(f'{x:.3f}' for x in d[(shape, 'old')])
           + '   new: ' + ' '.join(f'{x:.3f}' for x in d[(shape, 'new')]))
+"
+for r in $(seq "$rounds"); do
+  for shape in "64 56" "128 28" "256 14" "512 7" "16 32"; do
+    for v in old new; do echo "$v ${shape// /@} $("$tmp/pack_$v" 300 $shape "$path" | awk '{print $2}')"; done
+  done
+done | python3 -c "
+import collections, statistics, sys
+d = collections.defaultdict(list)
+for line in sys.stdin:
+    v, shape, ms = line.split()
+    d[(shape, v)].append(float(ms))
+print('pack_nchw alone, median over rounds of each run\'s median (ms)')
+for shape in dict.fromkeys(s for s, _ in d):
+    o, n = statistics.median(d[(shape, 'old')]), statistics.median(d[(shape, 'new')])
+    print(f'{shape:>8}  old {o:.4f}  new {n:.4f}  old/new {o / n:.2f}')
 "
 if command -v perf > /dev/null; then
   cat > "$tmp/one.cpp" <<'CPP'
