@@ -104,8 +104,8 @@ void pack_transpose_with(const float* base, int64_t sC, int64_t npix, const floa
   }
 }
 
-// AVX2: 32 pixels per step, four 8-pixel vectors per channel (two whole cache lines of each channel
-// row per visit; the AVX-512 packer below reads four).
+// AVX2: 32 pixels per step, four 8-pixel vectors per channel (128 consecutive bytes of each channel
+// row per visit; the AVX-512 packer below reads 256).
 struct WordAvx2 {
   static constexpr int kPix = 32;
   __attribute__((target("avx2"))) static void run(const float* base, int64_t sC, const float* shift, int64_t c0,
@@ -144,10 +144,10 @@ struct WordAvx2 {
 
 // AVX-512: 64 pixels per step, four 16-pixel vectors per channel, each compared into a mask register
 // and ORed in with one masked OR (AVX2 needs compare, and, or per 8 pixels).  Each channel row is
-// read in runs of four whole cache lines, which the hardware prefetchers follow; no software
-// prefetch (one prefetchnta per channel row and 16 pixels, as this code had, stalled on the fill
-// buffers: 43% of the 64 -> 64 @ 56x56 layer's time on an Intel Xeon, against 9% now; without it
-// the AVX2 pack also ran faster there: results/experiments/pack-prefetch/).
+// read in runs of 256 consecutive bytes, which the hardware prefetchers follow; no software
+// prefetch (one prefetchnta per channel row and 16 pixels, as this code had, took the packer to 43%
+// of the 64 -> 64 @ 56x56 layer's samples on an Intel Xeon, most of them on the prefetch, against
+// 11% now; results/experiments/pack-prefetch/).
 struct WordAvx512 {
   static constexpr int kPix = 64;
   __attribute__((target("avx512f"))) static void run(const float* base, int64_t sC, const float* shift, int64_t c0,

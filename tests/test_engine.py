@@ -528,13 +528,13 @@ def np_pack_nchw(x, shift, groups):
     return out.reshape(n, h, w, groups * wg)
 
 
-@pytest.mark.parametrize("c,groups", [(1, 1), (63, 1), (64, 1), (65, 1), (130, 2), (192, 3)])
+@pytest.mark.parametrize("c,groups", [(1, 1), (32, 1), (33, 1), (63, 1), (64, 1), (65, 1), (130, 2), (192, 3)])
 def test_pack_nchw_matches_numpy_on_every_path(c, groups):
     # pixel counts around the 8- and 16-pixel vectors of the AVX2 / AVX-512 packers, their 32- and
     # 64-pixel steps, and pack_nchw's 128-pixel tasks; -0.0 and NaN
     rng = np.random.default_rng(c)
-    for hw in [(1, 1), (1, 7), (3, 5), (4, 4), (1, 17), (1, 31), (3, 11), (5, 7), (6, 6), (7, 7), (8, 8), (5, 13),
-               (7, 19)]:
+    for hw in [(1, 1), (1, 7), (3, 5), (4, 4), (1, 17), (1, 31), (4, 8), (3, 11), (5, 7), (6, 6), (6, 8), (7, 7),
+               (7, 9), (8, 8), (5, 13), (7, 19)]:
         x = rng.standard_normal((2, c, *hw)).astype(np.float32)
         x.flat[::7] = -0.0
         x.flat[3::11] = np.nan

@@ -12,6 +12,11 @@
 #include <thread>
 #include <vector>
 
+#if defined(__unix__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include "engine.h"
 
 using namespace onebit;
@@ -325,6 +330,36 @@ void test_thread_pool() {
   check(sum.load() == 3 * 20 * (31 * 32 / 2), "concurrent and nested parallel_for", "-");
 }
 
+// pack_nchw on inputs whose last channel row ends right before an unreadable page: the vector
+// packers' tail loads (masked) must not touch memory past the last pixel (an over-read that only
+// sets discarded bits is invisible to the comparisons elsewhere).
+void test_pack_tail_reads(std::mt19937& rng, Path path) {
+#if defined(__unix__)
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (int64_t C : {1, 33, 64, 100}) {
+    for (int64_t npix = 1; npix <= 140; ++npix) {
+      const size_t bytes = static_cast<size_t>(C * npix) * sizeof(float), span = (bytes + page - 1) / page * page;
+      void* mem = mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem == MAP_FAILED || mprotect(static_cast<char*>(mem) + span, page, PROT_NONE) != 0) {
+        check(false, "mmap / mprotect for the guard page", path_name(path));
+        return;
+      }
+      float* x = reinterpret_cast<float*>(static_cast<char*>(mem) + span - bytes);
+      const std::vector<float> v = randoms(rng, static_cast<size_t>(C * npix));
+      std::memcpy(x, v.data(), bytes);
+      const int64_t s[4] = {C * npix, npix, npix, 1};
+      std::vector<uint64_t> got(npix * words_for(C)), want(npix * words_for(C));
+      pack_nchw(x, 1, C, 1, npix, s, nullptr, 1, want.data(), Path::Portable, 1);
+      pack_nchw(x, 1, C, 1, npix, s, nullptr, 1, got.data(), pack_isa(path), 1);
+      check(got == want, "pack_nchw of an input that ends at a guard page", path_name(path));
+      munmap(mem, span + page);
+    }
+  }
+#else
+  (void)rng, (void)path;
+#endif
+}
+
 }  // namespace
 
 int main() {
@@ -335,6 +370,7 @@ int main() {
     std::printf("path %s\n", path_name(path));
     test_bgemm(rng, path);
     test_conv(rng, path);
+    test_pack_tail_reads(rng, path);
     test_pools(rng, path);
     test_surrogate(rng, path);
   }

@@ -4,7 +4,8 @@
 # run alternately ROUNDS times, and pack_alone.cpp (the activation packer alone) the same way (this VM's speed drifts by +-30% over seconds: compare medians of
 # rounds, not one run), then a perf profile of the 64 -> 64 @ 56x56 layer for each when perf exists.
 #   bash results/experiments/pack-prefetch/run.sh [OLD (default f5d8a7d)] [ROUNDS (default 7)] [PATH (default auto)]
-# Pause trainings first; writes nothing (redirect the output).
+# Pause trainings first; writes nothing (redirect the output).  The outputs beside this script and
+# the arguments and script version of each: README.md here.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../../.." && pwd)
 old=${1:-f5d8a7d}
@@ -45,7 +46,10 @@ for shape in dict.fromkeys(s for s, _ in d):
 "
 for r in $(seq "$rounds"); do
   for shape in "64 56" "128 28" "256 14" "512 7" "16 32"; do
-    for v in old new; do echo "$v ${shape// /@} $("$tmp/pack_$v" 300 $shape "$path" | awk '{print $2}')"; done
+    for v in old new; do
+      line=$("$tmp/pack_$v" 300 $shape "$path") || { echo "pack_alone ($v, $shape): $line" >&2; exit 1; }
+      echo "$v ${shape// /@} $(echo "$line" | awk '{print $2}')"
+    done
   done
 done | python3 -c "
 import collections, statistics, sys
@@ -86,8 +90,18 @@ CPP
     src=$([ $v = old ] && echo "$tmp/old/csrc" || echo "$here/csrc")
     g++ -std=c++17 -O3 -g -ffp-contract=off -pthread -I"$src" -DPATH_NAME="\"$path\"" "$tmp/one.cpp" $(ls "$src"/*.cpp | grep -v bindings.cpp) -ldl -o "$tmp/one_$v"
     echo "perf, 64 -> 64 @ 56x56, $v: share of samples per function (top 6)"
-    perf record -q -o "$tmp/perf_$v.data" "$tmp/one_$v" 2> /dev/null
-    perf report -i "$tmp/perf_$v.data" --stdio 2> /dev/null | grep -v '^#' | grep -v '^$' | head -6 \
+    perf record -q -o "$tmp/perf_$v.data" "$tmp/one_$v"
+    perf report -i "$tmp/perf_$v.data" --stdio 2> /dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 6' \
       | sed 's/(anonymous namespace):://; s/std::_Function_handler<void (long), //' | cut -c1-120
+    # where the packer's own samples fall (perf annotate): each instruction with >= 10% of them, after
+    # the instruction before it (a stalled instruction's samples land on the next one)
+    sym=$(perf report -i "$tmp/perf_$v.data" --stdio 2> /dev/null | grep -o 'onebit::.*pack_transpose_with<.*>$' \
+      | awk 'NR == 1')
+    if [ -n "$sym" ]; then
+      echo "  perf annotate of ${sym//(anonymous namespace)::/}: instructions with >= 10% of its samples"
+      perf annotate -i "$tmp/perf_$v.data" --stdio -s "$sym" 2> /dev/null \
+        | awk '$2 == ":" { if ($1 + 0 >= 10) { if (prev != shown) print prev; print; shown = $0 } prev = $0 }' \
+        | cut -c1-100
+    fi
   done
 fi
