@@ -29,21 +29,27 @@ build_pack() {  # build_pack SRC_DIR OUT
 build_pack "$tmp/old/csrc" "$tmp/pack_old" &
 build_pack "$here/csrc" "$tmp/pack_new" &
 wait
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), path $path, old = $old, new = $(git -C "$here" rev-parse --short HEAD)+tree"
-for r in $(seq "$rounds"); do
-  for v in old new; do "$tmp/bench_$v" 200 "$path" | sed -n 's/^ *\([0-9]*\) -> *\([0-9]*\) @ *\([0-9x ]*\) .*conv float \([0-9.]*\) .*/'"$v"' \1@\3 \4/p'; done
-done | python3 -c "
+# lines "old|new SHAPE MS" -> per shape: the medians over rounds, their ratio (and the rounds)
+cat > "$tmp/summary.py" <<'PY'
 import collections, statistics, sys
+title, nd, rounds = sys.argv[1], int(sys.argv[2]), sys.argv[3:] == ["rounds"]
 d = collections.defaultdict(list)
 for line in sys.stdin:
     v, shape, ms = line.split()
     d[(shape, v)].append(float(ms))
-print('conv float, median over rounds of each run\'s median (ms); rounds listed')
+print(title)
 for shape in dict.fromkeys(s for s, _ in d):
-    o, n = statistics.median(d[(shape, 'old')]), statistics.median(d[(shape, 'new')])
-    print(f'{shape:>8}  old {o:.3f}  new {n:.3f}  old/new {o / n:.2f}   old: ' + ' '.join(f'{x:.3f}' for x in d[(shape, 'old')])
-          + '   new: ' + ' '.join(f'{x:.3f}' for x in d[(shape, 'new')]))
-"
+    o, n = statistics.median(d[(shape, "old")]), statistics.median(d[(shape, "new")])
+    row = f"{shape:>8}  old {o:.{nd}f}  new {n:.{nd}f}  old/new {o / n:.2f}"
+    if rounds:
+        row += "   old: " + " ".join(f"{x:.3f}" for x in d[(shape, "old")])
+        row += "   new: " + " ".join(f"{x:.3f}" for x in d[(shape, "new")])
+    print(row)
+PY
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), path $path, old = $old, new = $(git -C "$here" rev-parse --short HEAD)+tree"
+for r in $(seq "$rounds"); do
+  for v in old new; do "$tmp/bench_$v" 200 "$path" | sed -n 's/^ *\([0-9]*\) -> *\([0-9]*\) @ *\([0-9x ]*\) .*conv float \([0-9.]*\) .*/'"$v"' \1@\3 \4/p'; done
+done | python3 "$tmp/summary.py" "conv float, median over rounds of each run's median (ms); rounds listed" 3 rounds
 for r in $(seq "$rounds"); do
   for shape in "64 56" "128 28" "256 14" "512 7" "16 32"; do
     for v in old new; do
@@ -51,17 +57,7 @@ for r in $(seq "$rounds"); do
       echo "$v ${shape// /@} $(echo "$line" | awk '{print $2}')"
     done
   done
-done | python3 -c "
-import collections, statistics, sys
-d = collections.defaultdict(list)
-for line in sys.stdin:
-    v, shape, ms = line.split()
-    d[(shape, v)].append(float(ms))
-print('pack_nchw alone, median over rounds of each run\'s median (ms)')
-for shape in dict.fromkeys(s for s, _ in d):
-    o, n = statistics.median(d[(shape, 'old')]), statistics.median(d[(shape, 'new')])
-    print(f'{shape:>8}  old {o:.4f}  new {n:.4f}  old/new {o / n:.2f}')
-"
+done | python3 "$tmp/summary.py" "pack_nchw alone, median over rounds of each run's median (ms)" 4
 if command -v perf > /dev/null; then
   cat > "$tmp/one.cpp" <<'CPP'
 #include <random>
