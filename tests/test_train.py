@@ -383,6 +383,23 @@ def test_two_stage_training_initialises_stage_two_from_stage_one(tmp_path, monke
     assert meta["model_kwargs"].get("weight_binarizer", "default") != None  # noqa: E711 (stage 2 is fully binary)
 
 
+def test_two_stage_distillation_builds_its_teacher_once(tmp_path, monkeypatch):
+    """Every stage's teacher is checked before the first stage trains; the one built for that check is
+    the one its stage then distils from (not loaded a second time)."""
+    import onebit.train.loop as L
+    p = tiny_recipe(tmp_path, epochs=1)
+    train(load_recipe(str(p)), tmp_path / "teacher", quiet=True)
+    r = yaml.safe_load(p.read_text())
+    r["kd"] = {"teacher": str(tmp_path / "teacher" / "best.pt")}
+    r["stages"] = [{"name": "acts", "epochs": 1, "set": {"model.weight_binarizer": None}},
+                   {"name": "both", "epochs": 1}]
+    p.write_text(yaml.safe_dump(r))
+    built, real = [], L.build_teacher
+    monkeypatch.setattr(L, "build_teacher", lambda spec: built.append(spec) or real(spec))
+    res = train(load_recipe(str(p)), tmp_path / "student", quiet=True)
+    assert res["epochs"] == 2 and built == [r["kd"]["teacher"]]
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=3)))
     out = tmp_path / "run"

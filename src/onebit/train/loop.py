@@ -187,6 +187,7 @@ class Run:
                  stop_after_steps: int | None = None, data_root: str | None = None, threads: int | None = None):
         self.recipe, self.out = recipe, Path(out_dir)
         self.quiet, self.stop_after_steps = quiet, stop_after_steps
+        self.teachers: dict[tuple, nn.Module] = {}  # built once: checked up front, then used by its stage
         last = self.out / "last.pt"
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"run directory {str(self.out)!r} is a file; give --out a directory")
@@ -292,10 +293,12 @@ class Run:
         if not kd.get("teacher"):
             raise ValueError("kd.teacher is not set: give a checkpoint path, zoo:NAME or a registry name "
                              "(--set kd.teacher=...)")
-        teacher = build_teacher(str(kd["teacher"]))
-        _check_teacher_classes(teacher, str(kd["teacher"]), self.train_ds.num_classes,
-                               recipe["data"]["image_size"])
-        return teacher
+        spec, size = str(kd["teacher"]), recipe["data"]["image_size"]
+        if (spec, size) not in self.teachers:
+            teacher = build_teacher(spec)
+            _check_teacher_classes(teacher, spec, self.train_ds.num_classes, size)
+            self.teachers[spec, size] = teacher
+        return self.teachers[spec, size]
 
     def run_stage(self, si: int, stage: dict, prev_state: dict | None) -> nn.Module:
         recipe, tcfg = stage["recipe"], stage["recipe"]["train"]
