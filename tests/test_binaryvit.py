@@ -1,5 +1,6 @@
 """BinaryViT: BiFC and binary attention against closed forms, Table 4 counts, Table 3 switches."""
 import math
+import re
 
 import pytest
 import torch
@@ -225,10 +226,12 @@ def test_attention_products_closed_form():
         assert torch.allclose(att(h, (2, 2)), expect, atol=1e-5)
 
 
-def test_spatial_reduction_attention_closed_form():
+@pytest.mark.parametrize("cls", [0, 1])
+def test_spatial_reduction_attention_closed_form(cls):
     """Bi-SR-MHA (Eq. 14-15) on a 4x4 token grid with R = 2, written out token by token: K and V
     from BiFC_R of the 2x2 block means; the resized K and V give token (i, j) the values of block
-    (i // 2, j // 2).  Distinct random RSign shifts on Q, K, V, random RPReLU and BN statistics."""
+    (i // 2, j // 2).  Distinct random RSign shifts on Q, K, V, random RPReLU and BN statistics.
+    With a cls token before the grid, it is one more key and value, not pooled and not resized."""
     torch.manual_seed(3)
     att = BinaryAttention(8, 2, sr_ratio=2, alpha_grad="bit").eval()
     n = att.norm
@@ -237,23 +240,25 @@ def test_spatial_reduction_attention_closed_form():
         n.running_mean.uniform_(-1, 1), n.running_var.uniform_(0.5, 3), n.weight.uniform_(0.5, 2)
         n.bias.uniform_(-1, 1)
     randomise_shifts(att)
-    h = torch.randn(1, 16, 8)
-    block = lambda i, j: (i // 2) * 2 + j // 2  # noqa: E731
-    means = torch.zeros(1, 4, 8)
+    n_tok, n_key = 16 + cls, 4 + cls
+    h = torch.randn(1, n_tok, 8)
+    block = lambda i, j: cls + (i // 2) * 2 + j // 2  # noqa: E731
+    means = h[:, :n_key].clone()  # the cls token (when there is one) as it is, then the block means
+    means[:, cls:] = 0
     for t in range(16):
-        means[0, block(t // 4, t % 4)] += h[0, t] / 4
+        means[0, block(t // 4, t % 4)] += h[0, cls + t] / 4
     kv = att.reduce(means)                                                               # Eq. 14
     q, k, v = att.q(h), att.k(kv), att.v(kv)
-    qb = sgn(q + att.sign_q.shift.bias).view(1, 16, 2, 4).transpose(1, 2)
-    kb = sgn(k + att.sign_k.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
-    vb = sgn(v + att.sign_v.shift.bias).view(1, 4, 2, 4).transpose(1, 2)
+    qb = sgn(q + att.sign_q.shift.bias).view(1, n_tok, 2, 4).transpose(1, 2)
+    kb = sgn(k + att.sign_k.shift.bias).view(1, n_key, 2, 4).transpose(1, 2)
+    vb = sgn(v + att.sign_v.shift.bias).view(1, n_key, 2, 4).transpose(1, 2)
     for t, m in ((q, att.sign_q), (k, att.sign_k), (v, att.sign_v)):  # each shift flips some sign
         assert (sgn(t + m.shift.bias) != sgn(t)).any()
     a = torch.softmax(qb @ kb.transpose(-2, -1) / math.sqrt(4), -1)
     s = att.prob.step.item()
-    ctx = (s * (a / s).clamp(0, 1).round() @ vb).transpose(1, 2).reshape(1, 16, 8)
+    ctx = (s * (a / s).clamp(0, 1).round() @ vb).transpose(1, 2).reshape(1, n_tok, 8)
     ctx = bn_eval(ctx, n)
-    up = torch.tensor([block(t // 4, t % 4) for t in range(16)])                       # Eq. 15
+    up = torch.tensor([0] * cls + [block(t // 4, t % 4) for t in range(16)])          # Eq. 15
     expect = att.proj(rprelu(ctx + q + k[:, up] + v[:, up], att.act))
     with torch.no_grad():
         assert torch.allclose(att(h, (4, 4)), expect, atol=1e-5)
@@ -271,6 +276,10 @@ def test_pool_branches_closed_form():
             s.alpha.fill_(1.0)
     out = branches(torch.ones(2, 25, 3), (5, 5))
     assert torch.allclose(out, expect.view(1, 25, 1).expand(2, 25, 3), atol=1e-6)
+    # a cls token before the grid is not pooled: its branch output is 0, the grid's is as without it
+    out = branches(torch.cat([torch.full((2, 1, 3), 7.0), torch.ones(2, 25, 3)], 1), (5, 5))
+    assert out.shape == (2, 26, 3) and torch.equal(out[:, 0], torch.zeros(2, 3))
+    assert torch.allclose(out[:, 1:], expect.view(1, 25, 1).expand(2, 25, 3), atol=1e-6)
 
 
 def test_block_affine_with_pool_branches_closed_form():
@@ -366,8 +375,32 @@ def test_spatial_reduction_attention_shapes_and_errors():
     with pytest.raises(ValueError, match="stage 3 gets a 3x3 grid"):
         BinaryViT(img_size=24, patch_size=4, embed_dims=(8, 8, 8), depths=(1, 1, 1), heads=(1, 1, 1),
                   mlp_ratios=(2, 2, 2), sr_ratios=(1, 1, 1), pool="gap")
-    with pytest.raises(ValueError, match="cls token"):
-        onebit.create_model("binaryvit_cifar_baseline", pool_branches=True)
+    with pytest.raises(ValueError, match="a cls token needs one stage"):
+        onebit.create_model("binaryvit_cifar", pool="cls")
+    for key, bad in (("heads", (0,)), ("sr_ratios", (0,)), ("depths", (-1,)), ("mlp_ratios", (1.5,))):
+        with pytest.raises(ValueError, match=rf"{key} must be positive integers, got \({re.escape(str(bad[0]))},\)"):
+            onebit.create_model("binaryvit_cifar_gap", **{key: bad})
+    with pytest.raises(ValueError, match="spatial reduction R=3 does not divide the token grid 8x8"):
+        BinaryAttention(16, 2, sr_ratio=3)(torch.randn(2, 64, 16), (8, 8))  # the layer alone checks it too
+    with pytest.raises(ValueError, match="unknown weight scale 'row'"):
+        onebit.create_model("binaryvit_cifar_gap", weight_scale="row")
+
+
+def test_every_addition_is_a_switch_of_its_own():
+    """(b) and Bi-SR-MHA with the baseline's cls token (the token left out of their pooling), and
+    weight_scale="tensor" (Eq. 1's scalar alpha) in every BiFC: build, forward and backward."""
+    torch.manual_seed(0)
+    m = onebit.create_model("binaryvit_cifar_baseline", pool_branches=True, sr_ratios=(2,), weight_scale="tensor")
+    keys = []
+    att = m.stages[0][0].attn
+    real = att.attend
+    att.attend = lambda qb, kb, vb: keys.append(kb.shape[2]) or real(qb, kb, vb)
+    out = m(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, 10) and keys[-1] == 4 * 4 + 1  # the 8x8 grid pooled by 2, and the cls token
+    bifcs = [mod for mod in m.modules() if isinstance(mod, BiFC)]
+    assert bifcs and all(mod.linear.scale == "tensor" for mod in bifcs)
+    assert all(p.grad is not None for p in m.stages[0][0].pools.parameters())
     with pytest.raises(ValueError, match="merge='real' sets the patch merging between stages, but this model has one"):
         onebit.create_model("binaryvit_cifar_gap", merge="real")
 

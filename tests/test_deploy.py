@@ -690,11 +690,13 @@ def test_pack_hard_progressive_weights():
         close(packed(x), layer(x))
 
 
-def test_pack_binaryvit_same_logits():
-    """BinaryViT (CIFAR baseline): its BiFC linears (RSign over the last dim, centred weights,
-    TokenBatchNorm after) are packed; the attention products run on the engine."""
+@pytest.mark.parametrize("kw", [{}, {"pool_branches": True, "sr_ratios": (2,), "weight_scale": "tensor"}])
+def test_pack_binaryvit_same_logits(kw):
+    """BinaryViT (CIFAR baseline; and with the cls token beside pooling branches and Bi-SR-MHA, one
+    alpha per BiFC): its BiFC linears (RSign over the last dim, centred weights, TokenBatchNorm
+    after) are packed; the attention products run on the engine."""
     torch.manual_seed(5)
-    model = randomize(onebit.create_model("binaryvit_cifar_baseline"), seed=5).eval()
+    model = randomize(onebit.create_model("binaryvit_cifar_baseline", **kw), seed=5).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)

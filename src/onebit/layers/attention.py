@@ -7,6 +7,8 @@
     out = BiFC_o(concat(heads))
 
 Both products have binary operands: Q K^T with +-1 entries, P V with P in {0, alpha_P}.
+Tokens that precede the grid (the baseline's cls token) skip the pooling of Eq. 14 and the
+resize of Eq. 15: they are keys and values as they are.
 """
 from __future__ import annotations
 
@@ -27,6 +29,14 @@ def tokens_to_grid(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, c, *grid)
 
 
+def split_extra(x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(leading tokens that are not on the grid, e.g. a cls token; the grid's tokens) of (B, N, C)."""
+    extra = x.shape[1] - grid[0] * grid[1]
+    if extra < 0:
+        raise ValueError(f"{x.shape[1]} tokens cannot fill a {grid[0]}x{grid[1]} token grid")
+    return x[:, :extra], x[:, extra:]
+
+
 def grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
@@ -35,15 +45,15 @@ class BinaryAttention(nn.Module):
     """Binary MHA on (B, N, C) tokens laid out on ``grid``; ``sr_ratio`` R > 1 is Bi-SR-MHA."""
 
     def __init__(self, dim: int, heads: int, sr_ratio: int = 1, *, act: Spec = "clipped_ste",
-                 weight: Spec = "clipped_ste", alpha_init: float = 0.005, alpha_grad: str = "lsq",
-                 quantize_probs: bool = True):
+                 weight: Spec = "clipped_ste", scale: str = "channel", alpha_init: float = 0.005,
+                 alpha_grad: str = "lsq", quantize_probs: bool = True):
         super().__init__()
         if heads < 1 or dim % heads:
             raise ValueError(f"attention heads={heads} must divide the width dim={dim}")
         if sr_ratio < 1:
             raise ValueError(f"spatial-reduction ratio must be >= 1, got {sr_ratio}")
         self.dim, self.heads, self.sr_ratio = dim, heads, sr_ratio
-        kw = dict(act=act, weight=weight)
+        kw = dict(act=act, weight=weight, scale=scale)
         self.q, self.k, self.v = BiFC(dim, dim, **kw), BiFC(dim, dim, **kw), BiFC(dim, dim, **kw)
         self.reduce = BiFC(dim, dim, **kw) if sr_ratio > 1 else None  # BiFC_R only where R > 1
         # act=None / quantize_probs=False: the full-precision twin (real Q, K, V and probabilities)
@@ -76,12 +86,15 @@ class BinaryAttention(nn.Module):
         q = self.q(h)
         kv_in, small = h, None
         if self.reduce is not None:
+            self.check_grid(grid)
             small = (grid[0] // self.sr_ratio, grid[1] // self.sr_ratio)
-            kv_in = self.reduce(grid_to_tokens(F.avg_pool2d(tokens_to_grid(h, grid), self.sr_ratio)))  # Eq. 14
+            extra, tokens = split_extra(h, grid)
+            pooled = grid_to_tokens(F.avg_pool2d(tokens_to_grid(tokens, grid), self.sr_ratio))
+            kv_in = self.reduce(torch.cat([extra, pooled], dim=1))                                # Eq. 14
         k, v = self.k(kv_in), self.v(kv_in)
         qb, kb, vb = self._heads(self.sign_q(q)), self._heads(self.sign_k(k)), self._heads(self.sign_v(v))
         ctx = self.attend(qb, kb, vb).transpose(1, 2).reshape(b, n, c)
         if small is not None:  # Eq. 15: nearest-neighbour resize of K and V back to the grid
-            k = grid_to_tokens(F.interpolate(tokens_to_grid(k, small), size=grid, mode="nearest"))
-            v = grid_to_tokens(F.interpolate(tokens_to_grid(v, small), size=grid, mode="nearest"))
+            k, v = (torch.cat([e, grid_to_tokens(F.interpolate(tokens_to_grid(t, small), size=grid, mode="nearest"))],
+                              dim=1) for e, t in (split_extra(k, small), split_extra(v, small)))
         return self.proj(self.act(self.norm(ctx) + q + k + v))

@@ -19,6 +19,10 @@ Table 3, in order:
     shortcut; each merge adds a learned position embedding of its grid, as the authors' code),
     Bi-SR-MHA with reduction R (Eq. 14-15).
 
+Each switch works without the others, except that the pyramid needs ``pool="gap"`` (its patch
+merging works on the token grid; the paper's pyramid has no cls token): with a cls token the
+pooling branches and Bi-SR-MHA leave that token out of their pooling.  ``weight_scale="tensor"``
+gives every BiFC Eq. 1's one scalar alpha instead of the authors' per-row one.
 ``binary=False`` builds the full-precision twin of the same architecture (teachers).
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ import torch.nn as nn
 
 from ..binarize.react import RPReLU
 from ..binarize.registry import Spec
-from ..layers.attention import BinaryAttention, grid_to_tokens, tokens_to_grid
+from ..layers.attention import BinaryAttention, grid_to_tokens, split_extra, tokens_to_grid
 from ..layers.bifc import BiFC, FeatureResidual, TokenBatchNorm
 from ..layers.binary import BinaryConv2d
 from .registry import register_model
@@ -52,7 +56,8 @@ class LayerScale(nn.Module):
 
 
 class PoolBranches(nn.Module):
-    """Sum of four average pools over the token grid, each through its own LayerScale (alpha, beta 0)."""
+    """Sum of four average pools over the token grid, each through its own LayerScale (alpha, beta 0);
+    tokens before the grid (a cls token) get 0."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -60,8 +65,10 @@ class PoolBranches(nn.Module):
         self.scales = nn.ModuleList(LayerScale(dim, 0.0) for _ in POOL_KERNELS)
 
     def forward(self, y: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        g = tokens_to_grid(y, grid)
-        return sum(s(grid_to_tokens(p(g))) for p, s in zip(self.pools, self.scales))
+        extra, tokens = split_extra(y, grid)
+        g = tokens_to_grid(tokens, grid)
+        out = sum(s(grid_to_tokens(p(g))) for p, s in zip(self.pools, self.scales))
+        return torch.cat([torch.zeros_like(extra), out], dim=1) if extra.shape[1] else out
 
 
 class Block(nn.Module):
@@ -69,12 +76,12 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: int, sr_ratio: int = 1, *, pool_branches: bool = False,
                  residual_scale: str | None = None, ls_init: float = 0.1, binary: bool = True,
-                 act: Spec = "clipped_ste", weight: Spec = "clipped_ste", alpha_grad: str = "lsq",
-                 alpha_init: float = 0.005):
+                 act: Spec = "clipped_ste", weight: Spec = "clipped_ste", weight_scale: str = "channel",
+                 alpha_grad: str = "lsq", alpha_init: float = 0.005):
         super().__init__()
         if residual_scale not in RESIDUAL_SCALES:
             raise ValueError(f"unknown residual_scale {residual_scale!r}; allowed: {RESIDUAL_SCALES}")
-        kw = dict(act=act if binary else None, weight=weight if binary else None)
+        kw = dict(act=act if binary else None, weight=weight if binary else None, scale=weight_scale)
         pre = residual_scale != "post_norm"
         self.norm1 = TokenBatchNorm(dim) if pre else nn.Identity()
         self.attn = BinaryAttention(dim, heads, sr_ratio, **kw, alpha_init=alpha_init, alpha_grad=alpha_grad,
@@ -147,16 +154,23 @@ class BinaryViT(nn.Module):
                  mlp_ratios: Sequence[int] = (4,), sr_ratios: Sequence[int] = (1,), pool: str = "cls",
                  pool_branches: bool = False, residual_scale: str | None = None, ls_init: float = 0.1,
                  merge: str | None = None, binary: bool = True, act: Spec = "clipped_ste",
-                 weight: Spec = "clipped_ste", alpha_grad: str = "lsq", alpha_init: float | str = 0.005):
+                 weight: Spec = "clipped_ste", weight_scale: str = "channel", alpha_grad: str = "lsq",
+                 alpha_init: float | str = 0.005):
         super().__init__()
         n = len(embed_dims)
         if not (len(depths) == len(heads) == len(mlp_ratios) == len(sr_ratios) == n):
             raise ValueError(f"embed_dims, depths, heads, mlp_ratios and sr_ratios need one entry per stage; got "
                              f"{len(embed_dims)}, {len(depths)}, {len(heads)}, {len(mlp_ratios)}, {len(sr_ratios)}")
+        for key, values in (("embed_dims", embed_dims), ("depths", depths), ("heads", heads),
+                            ("mlp_ratios", mlp_ratios), ("sr_ratios", sr_ratios), ("patch_size", (patch_size,)),
+                            ("img_size", (img_size,))):
+            if any(not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{key} must be positive integers, got {tuple(values)}")
         if pool not in ("cls", "gap"):
             raise ValueError(f"pool must be 'cls' or 'gap', got {pool!r}")
-        if pool == "cls" and (n > 1 or pool_branches):
-            raise ValueError("a cls token works with one stage and no pooling branches; use pool='gap'")
+        if pool == "cls" and n > 1:
+            raise ValueError("a cls token needs one stage (patch merging works on the token grid alone); "
+                             "use pool='gap' for a pyramid")
         if merge is not None and n == 1:
             raise ValueError(f"merge={merge!r} sets the patch merging between stages, but this model has one stage")
         if not (alpha_init == "keys" or (isinstance(alpha_init, (int, float)) and alpha_init > 0)):
@@ -191,7 +205,7 @@ class BinaryViT(nn.Module):
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         bkw = dict(pool_branches=pool_branches, residual_scale=residual_scale, ls_init=ls_init, binary=binary,
-                   act=act, weight=weight, alpha_grad=alpha_grad)
+                   act=act, weight=weight, weight_scale=weight_scale, alpha_grad=alpha_grad)
         cls = 1 if pool == "cls" else 0
         self.merges = nn.ModuleList()
         self.stages = nn.ModuleList()
