@@ -56,7 +56,7 @@ def test_overrides_are_checked():
     assert r["overrides"] == ["train.epochs=3", "train.lr=0.5", "model.scale=tensor", "data.root=/x", "train.grad_clip=5"]
     with pytest.raises(ValueError, match="unknown recipe key 'train.epoch'"):
         load_recipe("reste-resnet20-cifar10", ["train.epoch=3"])
-    with pytest.raises(ValueError, match="expected a int"):
+    with pytest.raises(ValueError, match="expected an int"):
         load_recipe("reste-resnet20-cifar10", ["train.epochs=many"])
     with pytest.raises(ValueError, match="expected an integer"):
         load_recipe("reste-resnet20-cifar10", ["train.epochs=2.5"])
@@ -594,12 +594,80 @@ def test_refused_force_run_keeps_the_old_run(tmp_path, capsys):
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
 
 
+def test_force_run_failing_before_its_first_checkpoint_gives_the_old_run_back(tmp_path, monkeypatch):
+    """--force moves the old run's files aside (RUN/.replaced) and deletes them at the new run's first
+    checkpoint: a new run that fails in its first epoch (here: a loss that raises) restores them."""
+    import onebit.train.loop as L
+    p = tiny_recipe(tmp_path, epochs=1)
+    out = tmp_path / "run"
+    train(load_recipe(str(p)), out, quiet=True)
+    (out / "notes.txt").write_text("mine")
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    with monkeypatch.context() as m:
+        m.setattr(L.F, "cross_entropy", broken)
+        with pytest.raises(RuntimeError, match="boom"):
+            train(load_recipe(str(p), ["seed=1"]), out, quiet=True, force=True)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    # succeeding, the new run replaces the old one and nothing is left aside
+    train(load_recipe(str(p), ["seed=1"]), out, quiet=True, force=True)
+    assert not (out / L.REPLACED).exists() and (out / "notes.txt").read_text() == "mine"
+    assert yaml.safe_load((out / "recipe.yaml").read_text())["seed"] == 1 and len(rows(out)) == 1
+
+
+def test_mixed_image_sizes_are_refused_before_training(tmp_path, capsys):
+    """Validation images of two sizes cannot be batched without a resizing eval transform: refused at
+    start-up with the key to set, not after a training epoch; with it set, the run trains."""
+    root = tmp_path / "data"
+    make_folder(root, ["a"], n=4)
+    make_folder(root, ["b"], n=4, size=40)  # train/ and test/ (the validation split here) both mixed
+    p = tiny_recipe(tmp_path, epochs=1, batch_size=4)
+    args = ["train", "--recipe", str(p), "--out", str(tmp_path / "run"), "--quiet", "--set", "data.name=folder",
+            "--set", f"data.root={root}", "--set", "data.train_transform=cifar", "--set", "data.eval_transform=cifar"]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "the validation images come in 2 sizes (32x32 to 40x40)" in err and "data.eval_transform=imagenet" in err
+    assert not (tmp_path / "run").exists()
+    assert cli(args + ["--set", "data.eval_transform=imagenet"]) == 0
+
+
+def test_resume_needs_the_runs_recipe(tmp_path):
+    """A last.pt in a directory without its recipe.yaml (or with a broken one) is not resumed blindly."""
+    p = tiny_recipe(tmp_path, epochs=1)
+    out = tmp_path / "run"
+    train(load_recipe(str(p)), out, quiet=True)
+    (out / "recipe.yaml").unlink()
+    with pytest.raises(ValueError, match="has a last.pt but no recipe.yaml"):
+        train(None, out, resume=True, quiet=True)
+    (out / "recipe.yaml").write_text("[1, 2")
+    with pytest.raises(ValueError, match="its recipe.yaml is not a recipe"):
+        train(None, out, resume=True, quiet=True)
+
+
 @pytest.mark.parametrize("override, message", [
     ("train.epochs=0", "train.epochs must be >= 1"),
     ("train.batch_size=-2", "train.batch_size must be >= 1"),
     ("train.warmup_epochs=-1", "train.warmup_epochs must be >= 0"),
-    ("train.threads=0", "train.threads must be >= 1"),
+    ("train.threads=0", r"train.threads must be an integer >= 1 \(or null\), got 0"),
     ("train.device=banana", "train.device must be one of auto, cpu, cuda"),
+    # keys whose default is null: their type is checked too, each error naming its key
+    ("train.threads=abc", "train.threads must be an integer >= 1"),
+    ("train.grad_clip=abc", "train.grad_clip must be a number > 0"),
+    ("train.binary_weight_decay=abc", "train.binary_weight_decay must be a number >= 0"),
+    ("data.mean=abc", "data.mean must be a list of numbers"),
+    ("data.std=[1, 0, 1]", "data.std must be a list of positive numbers"),
+    ("data.root=5", "data.root must be a path"),
+    ("train.progress=steps", "train.progress must be one of epoch, step, got 'steps'"),
+    # the open sections: known keys only, and a YAML slip named as such
+    ("data.randaugment.foo=1", r"unknown data.randaugment keys \['foo'\]; known: num_ops"),
+    ("data.val_split.perclass=2", r"unknown data.val_split keys \['perclass'\]"),
+    ("data.val_split={per_class:2}", "YAML needs a space after each colon"),
+    ("data.val_split.val_count=10", "data.val_split needs exactly one of per_class and val_count"),
+    ("data.val_split.seed=x", "data.val_split.seed='x': expected an int like 0, got a str"),
+    ("data.val_split.seed=-1", "data.val_split.seed must be an integer >= 0"),
 ])
 def test_recipe_values_out_of_range_are_refused(override, message):
     with pytest.raises(ValueError, match=message):
@@ -633,7 +701,7 @@ def test_cli_train_refuses_before_writing(tmp_path, capsys):
         {"name": "a", "epochs": 1}, {"name": "b", "epochs": 1, "set": {"kd.teacher": "zoo:fp_resnet20_cifar10"}}]}))
     cases += [
         (["--recipe", str(late_teacher), "--out", str(tmp_path / "a")], "predicts 10 classes but the data has 4"),
-        (["--recipe", str(typed), "--out", str(tmp_path / "a")], "train.epochs='ten': expected a int"),
+        (["--recipe", str(typed), "--out", str(tmp_path / "a")], "train.epochs='ten': expected an int"),
         (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "kd.tempreature=2"], "unknown kd keys"),
         (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "model.nokey=1"], "takes no option 'nokey'"),
         (["--recipe", str(p), "--out", str(tmp_path / "a"), "--set", "kd={teacher: zoo:fp_resnet20_cifar10}"],
@@ -886,3 +954,14 @@ def test_eval_classes_are_matched_by_name():
     assert ds.in_class_order(["a", "b", "c"]) is ds
     with pytest.raises(ValueError, match="are not the model's"):
         ds.in_class_order(["a", "b", "d"])
+
+
+def test_eval_hold_out_error_gives_evals_own_advice(tmp_path):
+    """`onebit eval --split val` on a folder without val/ takes the model's own hold-out of train/;
+    when a class is too small for it, the advice is eval's (--split test), not a recipe key."""
+    from onebit.cli import eval_dataset
+    from onebit.data import DataError
+    make_folder(tmp_path, ["a", "b"], n=3)
+    with pytest.raises(DataError, match=r"cannot hold out 10 of them; .* has no val/ folder.*--split test"):
+        eval_dataset(str(tmp_path), "val", ["a", "b"], {"per_class": 10, "seed": 0})
+    assert len(eval_dataset(str(tmp_path), "val", ["a", "b"], {"per_class": 1, "seed": 0})) == 2

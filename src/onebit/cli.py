@@ -130,7 +130,9 @@ def eval_dataset(data: str, split: str, class_names: list[str], val_split: dict 
     root = Path(data)
     if split == "val" and val_split and not (root / "val").is_dir() and (root / "train").is_dir():
         from .data.loader import holdout
-        return holdout(D.load_image_folder(data, "train", class_names=class_names), val_split)[1]
+        hint = (f"{root} has no val/ folder, so --split val is the model's own hold-out of train/ ({val_split}); "
+                f"evaluate --split test, or add a val/ folder")
+        return holdout(D.load_image_folder(data, "train", class_names=class_names), val_split, hint)[1]
     return D.load_image_folder(data, split, class_names=class_names)
 
 

@@ -107,14 +107,16 @@ class BatchLoader:
 
 # ----------------------------------------------------------------------------- datasets from a spec
 
-def holdout(train: ArrayDataset, val_split: dict):
-    """(train, val): ``train`` split by a recipe's ``val_split`` (val_count or per_class, seed)."""
+def holdout(train: ArrayDataset, val_split: dict, hint: str | None = None):
+    """(train, val): ``train`` split by a recipe's ``val_split`` (val_count or per_class, seed);
+    ``hint``: the advice of the error for a class with too few images (default: the recipe's)."""
     train_idx, val_idx = holdout_split(
         train.labels,
         val_count=val_split.get("val_count"),
         per_class=val_split.get("per_class"),
         seed=val_split.get("seed", 0),
         class_names=train.class_names,
+        **({"hint": hint} if hint else {}),
     )
     return train.subset(train_idx), train.subset(val_idx)
 

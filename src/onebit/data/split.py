@@ -8,7 +8,7 @@ from .errors import DataError
 
 
 def holdout_split(labels, val_count: int | None = None, per_class: int | None = None, seed: int = 0,
-                  class_names=None):
+                  class_names=None, hint: str = "hold out fewer (data.val_split) or add images to that class"):
     """Split indices into (train_idx, val_idx), stratified by class.
 
     Give exactly one of ``per_class`` (that many validation images from every
@@ -19,7 +19,7 @@ def holdout_split(labels, val_count: int | None = None, per_class: int | None = 
     the result depends only on ``labels`` and ``seed``.
 
     Both index arrays are int64 and sorted ascending. ``class_names`` (label -> name) only
-    makes the error for a class with too few images name it.
+    makes the error for a class with too few images name it; ``hint`` is that error's advice.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if (val_count is None) == (per_class is None):
@@ -43,8 +43,7 @@ def holdout_split(labels, val_count: int | None = None, per_class: int | None = 
         if k > len(members):
             label = f"{class_names[int(c)]!r} ({int(c)})" if class_names is not None else str(int(c))
             raise DataError(
-                f"class {label} has only {len(members)} images, cannot hold out {k} of them; "
-                f"hold out fewer (data.val_split) or add images to that class"
+                f"class {label} has only {len(members)} images, cannot hold out {k} of them; {hint}"
             )
         val_parts.append(rng.permutation(members)[:k])
 

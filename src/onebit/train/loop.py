@@ -37,7 +37,7 @@ from . import diagnostics
 from .distill import LogitsKD, Teacher
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at, set_lr
-from .recipe import apply_overrides
+from .recipe import apply_overrides, check_values
 
 
 class TrainingDiverged(RuntimeError):
@@ -125,6 +125,7 @@ def stage_list(recipe: dict) -> list[dict]:
             raise ValueError(f"recipe stage {i} must be a mapping with 'epochs' (and optional 'name', 'set')")
         sets = [f"{k}={json.dumps(v)}" for k, v in (st.get("set") or {}).items()]
         r = apply_overrides({**recipe, "stages": None}, sets + [f"train.epochs={int(st['epochs'])}"])
+        check_values(r)
         out.append({"name": st.get("name", f"stage{i + 1}"), "epochs": int(st["epochs"]), "recipe": r})
     return out
 
@@ -150,12 +151,16 @@ def _check_same_run(ckpt_recipe: dict, out: Path) -> None:
     """--resume: last.pt must be this directory's run (its recipe.yaml, all of it but where the data
     lives and the thread count), not a file copied from another run or another version of it."""
     mine = out / "recipe.yaml"
+    what = f"cannot resume: {out} has a last.pt but"
     if not mine.is_file():
-        return
+        raise ValueError(f"{what} no recipe.yaml to check it against; put back the run's recipe.yaml "
+                         f"(or start a new run)")
     try:
-        here = yaml.safe_load(mine.read_text()) or {}
-    except yaml.YAMLError:
-        return
+        here = yaml.safe_load(mine.read_text())
+    except yaml.YAMLError as e:
+        here = e
+    if not isinstance(here, dict):
+        raise ValueError(f"{what} its recipe.yaml is not a recipe (a YAML mapping); put back the run's recipe.yaml")
     a = (ckpt_recipe.get("name"), (ckpt_recipe.get("model") or {}).get("name"))
     b = (here.get("name"), (here.get("model") or {}).get("name"))
     if a != b:
@@ -168,6 +173,26 @@ def _check_same_run(ckpt_recipe: dict, out: Path) -> None:
                          f"(they differ in {', '.join(diff)}); put the checkpoint back in its own run")
 
 
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
+
+
+def _check_batchable(ds, kind: str, key: str, what: str) -> None:
+    """Images of several sizes form batches only through a transform that resizes or crops them."""
+    if ds is None or ds.is_stacked:
+        return
+    sizes = sorted({tuple(im.shape[:2]) for im in ds.images})
+    if len(sizes) > 1:
+        (h0, w0), (h1, w1) = sizes[0], sizes[-1]
+        raise ValueError(f"the {what} images come in {len(sizes)} sizes ({h0}x{w0} to {h1}x{w1}) and "
+                         f"{key}={kind} does not resize them, so they cannot form batches; use --set {key}=imagenet "
+                         f"(resize and crop to data.image_size) or give images of one size")
+
+
 def _check_teacher_classes(teacher: nn.Module, name: str, num_classes: int, size: int) -> None:
     """The teacher's logits must have one entry per class of the data (checked on one blank image)."""
     with torch.no_grad():
@@ -178,6 +203,7 @@ def _check_teacher_classes(teacher: nn.Module, name: str, num_classes: int, size
 
 
 RUN_FILES = ("last.pt", "best.pt", "metrics.jsonl", "histograms.jsonl", "results.json")  # what --force replaces
+REPLACED = ".replaced"  # --force: the old run's files wait here until the new run's first checkpoint
 
 
 class Run:
@@ -216,13 +242,19 @@ class Run:
         """Create the run directory and its recipe.yaml once everything has been checked and training
         is about to begin, so that a run refused at start-up (no data root, a bad model option, a
         missing teacher) leaves nothing behind and the same command, corrected, can simply be rerun.
-        With --force the old run's files are removed here too, not before: a refused --force run
-        leaves the old run as it was."""
+        With --force the old run's files move to RUN/.replaced here, and are deleted only once the new
+        run has written its first checkpoint: a --force run refused or failing before that gets them
+        back (forget_files)."""
         if not self.started:
             if self.replace_old:
-                for name in RUN_FILES:
+                keep = self.out / REPLACED
+                keep.mkdir(exist_ok=True)
+                for name in RUN_FILES + ("recipe.yaml",):
                     if (self.out / name).exists():
-                        (self.out / name).unlink()
+                        if (keep / name).exists():  # the old run's copy is there (an earlier --force was killed)
+                            (self.out / name).unlink()
+                        else:
+                            os.replace(self.out / name, keep / name)
             self.made_dir = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
@@ -235,6 +267,11 @@ class Run:
             for name in RUN_FILES + ("recipe.yaml",):
                 if (self.out / name).exists():
                     (self.out / name).unlink()
+            keep = self.out / REPLACED
+            if keep.is_dir():  # --force: the old run comes back
+                for f in keep.iterdir():
+                    os.replace(f, self.out / f.name)
+                keep.rmdir()
             if self.made_dir and not any(self.out.iterdir()):
                 self.out.rmdir()
             self.started = False
@@ -258,7 +295,13 @@ class Run:
                              f"add --set data.root=PATH")
         train_ds, val_ds = D.build_dataset({k: v for k, v in dcfg.items() if v is not None})
         self.train_ds, self.val_ds = train_ds, val_ds
+        if dcfg["eval_transform"] != "imagenet":  # found now, not after a whole epoch at the first validation
+            _check_batchable(val_ds, dcfg["eval_transform"], "data.eval_transform", "validation")
+        if dcfg["train_transform"] == "none":
+            _check_batchable(train_ds, "none", "data.train_transform", "training")
         stages = stage_list(recipe)
+        if any(st["recipe"]["train"]["tensorboard"] for st in stages):
+            _summary_writer()
         start_stage = self.resume_state["stage"] if self.resume_state else 0
         for stage in stages[start_stage + 1:]:  # the first stage's teacher is checked as it starts
             self.check_teacher(stage["recipe"])
@@ -479,17 +522,15 @@ class Run:
         return "no checkpoint was written, so the run's files were removed"
 
     def tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ValueError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
-        return SummaryWriter(str(self.out / "tensorboard"))
+        return _summary_writer()(str(self.out / "tensorboard"))
 
     def save_last(self, model, opt, si, epoch, batch, running, best, history) -> None:
         state = {"model": model.state_dict(), "meta": self.meta, "optimizer": opt.state_dict(), "stage": si,
                  "epoch": epoch, "batch": batch, "running": running, "best": best, "history": history,
                  "rng": torch.get_rng_state(), "recipe": self.recipe, "wall_time": time.time() - self.t0}
         C.save_atomic(state, self.out / "last.pt")
+        if (self.out / REPLACED).is_dir():  # the new run has a checkpoint: --force's old files can go
+            shutil.rmtree(self.out / REPLACED)
 
     def write_results(self, wall: float) -> dict:
         rows = [json.loads(l) for l in (self.out / "metrics.jsonl").read_text().splitlines() if l.strip()]

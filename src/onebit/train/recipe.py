@@ -11,6 +11,7 @@ defaults), with a value of a compatible type (YAML syntax: ``1e-3``, ``true``, `
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -138,8 +139,12 @@ def _check_type(key: str, old: Any, new: Any, where: str = "override") -> Any:
         return new
     elif key in NUMBER_OR_NAME and isinstance(old, (int, float, str)) and isinstance(new, (int, float, str)):
         return new
-    raise ValueError(f"{where} {key}={new!r}: expected a {type(old).__name__} like {old!r}, "
-                     f"got a {type(new).__name__}")
+    raise ValueError(f"{where} {key}={new!r}: expected {_a(type(old).__name__)} like {old!r}, "
+                     f"got {_a(type(new).__name__)}")
+
+
+def _a(name: str) -> str:
+    return ("an " if name[0] in "aeiou" else "a ") + name
 
 
 def _int_or_fail(key: str, v: float, where: str = "override") -> int:
@@ -238,6 +243,47 @@ def _refuse_unknown(keys, known, what: str) -> None:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+PROGRESS = ("epoch", "step")
+VAL_SPLIT_KEYS = ("per_class", "val_count", "seed")
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numbers(v, positive: bool = False) -> bool:
+    return isinstance(v, list) and len(v) > 0 and all(_is_num(x) and (x > 0 or not positive) for x in v)
+
+
+# keys whose default is null, so that _check_type cannot take their type from the default: (what, test)
+NULLABLE = {
+    "data.root": ("a path", lambda v: isinstance(v, str) and v != ""),
+    "data.mean": ("a list of numbers, one per channel", _numbers),
+    "data.std": ("a list of positive numbers, one per channel", lambda v: _numbers(v, positive=True)),
+    "data.n": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "data.val_n": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "data.num_classes": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
+    "data.train_per_class": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+    "train.binary_weight_decay": ("a number >= 0", lambda v: _is_num(v) and v >= 0),
+    "train.grad_clip": ("a number > 0", lambda v: _is_num(v) and v > 0),
+    "train.threads": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
+}
+
+
+def _check_mapping(value, key: str, known, example: str) -> None:
+    """An open section (data.val_split, data.randaugment): null or a mapping of known keys."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a mapping like {example}, got {value!r}")
+    bad = sorted(str(k) for k in value if k not in known)
+    if bad:
+        colon = " (YAML needs a space after each colon: " + example + ")" if any(":" in k for k in bad) else ""
+        raise ValueError(f"unknown {key} keys {bad}; known: {', '.join(known)}{colon}")
 KD_KEYS = ("teacher", "temperature", "alpha", "loss")  # what the trainer's LogitsKD reads
 
 
@@ -249,8 +295,24 @@ def check_values(recipe: dict) -> None:
             raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
     if t["warmup_epochs"] < 0:
         raise ValueError(f"train.warmup_epochs must be >= 0, got {t['warmup_epochs']}")
-    if t["threads"] is not None and t["threads"] < 1:
-        raise ValueError(f"train.threads must be >= 1 (or null for torch's default), got {t['threads']}")
+    for key, (what, ok) in NULLABLE.items():
+        section, name = key.split(".")
+        value = recipe[section][name]
+        if value is not None and not ok(value):
+            raise ValueError(f"{key} must be {what} (or null), got {value!r}")
+    if t["progress"] not in PROGRESS:
+        raise ValueError(f"train.progress must be one of {', '.join(PROGRESS)}, got {t['progress']!r}")
+    _check_mapping(recipe["data"]["val_split"], "data.val_split", VAL_SPLIT_KEYS, "{per_class: 500, seed: 0}")
+    vs = recipe["data"]["val_split"]
+    if vs is not None:
+        if ("per_class" in vs) == ("val_count" in vs):
+            raise ValueError(f"data.val_split needs exactly one of per_class and val_count, got {vs!r}")
+        for key, value in vs.items():
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"data.val_split.{key} must be an integer >= 0, got {value!r}")
+    from ..data.transforms import RandAugment
+    _check_mapping(recipe["data"]["randaugment"], "data.randaugment",
+                   tuple(inspect.signature(RandAugment).parameters), "{num_ops: 2, magnitude: 9}")
     dev = str(t["device"])
     if dev not in DEVICES and not (dev.startswith("cuda:") and dev[5:].isdigit()):
         raise ValueError(f"train.device must be one of {', '.join(DEVICES)} or cuda:N, got {dev!r}")
