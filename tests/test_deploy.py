@@ -790,3 +790,220 @@ def test_packed_modules_pickle_and_deepcopy_after_use(tmp_path):
     lin = PackedBinaryLinear.from_layer(BinaryLinear(8, 5).eval())
     assert conv(torch.randn(0, 4, 5, 5, dtype=torch.float64)).dtype == torch.float64
     assert lin(torch.randn(0, 8, dtype=torch.float64)).dtype == torch.float64
+
+
+# --- what pack() must not replace silently (review of issue 7) ------------------------------------
+
+FORWARD_CALLS = {BinaryConv2d: ("forward", "weight_parts", "binarize_input", "_scaled", "_conv_forward"),
+                 BinaryLinear: ("forward", "weight_parts", "binarize_input", "_scaled")}
+
+
+def _ste_conv(cls=BinaryConv2d):
+    return cls(8, 8, 3, padding=1, input_binarizer="ste", weight_binarizer="ste")
+
+
+def test_subclass_with_its_own_constructor_only_is_packed():
+    """Replacing __init__ (or extra_repr) does not change what forward computes: packed as usual."""
+    class Wide(BinaryConv2d):
+        def __init__(self, c):
+            super().__init__(c, c, 3, padding=1, input_binarizer="ste", weight_binarizer="ste")
+
+        def extra_repr(self):
+            return "wide"
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Wide(8)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        packed = pack(model)
+    assert isinstance(packed[0], PackedBinaryConv2d)
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        close(packed(x), model(x))
+
+
+@pytest.mark.parametrize("base,name", [(b, n) for b, names in FORWARD_CALLS.items() for n in names])
+def test_pack_keeps_subclasses_overriding_a_method_forward_calls(base, name):
+    """A subclass replacing any method forward relies on is not packed as a plain sign layer: from_layer
+    raises NotPackable naming the class and the method, pack() keeps it with a PackWarning."""
+    from onebit.deploy import NotPackable
+    original = getattr(base, name)
+    sub = type(f"My{base.__name__}", (base,), {name: lambda self, *a, **k: original(self, *a, **k)})
+    layer = (_ste_conv(sub) if base is BinaryConv2d else sub(40, 5, input_binarizer="ste",
+                                                           weight_binarizer="ste")).eval()
+    packer = PackedBinaryConv2d if base is BinaryConv2d else PackedBinaryLinear
+    with pytest.raises(NotPackable, match=f"My{base.__name__} overrides {base.__name__}'s {name}$"):
+        packer.from_layer(layer)
+    with pytest.warns(PackWarning, match=f"keeping '0' \\(My{base.__name__}\\) unpacked.*{name}"):
+        packed = pack(nn.Sequential(layer).eval())
+    assert type(packed[0]) is sub
+
+
+def test_pack_keeps_subclasses_that_binarize_their_own_way():
+    """The review's cases: other thresholds, scales or weights; and a method replaced on the instance."""
+    class Shifted(BinaryConv2d):
+        def binarize_input(self, x):
+            return torch.where(x - 0.5 >= 0, 1.0, -1.0)
+
+    class Doubled(BinaryConv2d):
+        def _scaled(self, y, alpha, channel_dim):
+            return super()._scaled(y, alpha, channel_dim) * 2
+
+    class Flipped(BinaryConv2d):
+        def weight_parts(self):
+            wb, alpha = super().weight_parts()
+            return -wb, alpha
+
+    class LinearShifted(BinaryLinear):
+        def binarize_input(self, x):
+            return torch.where(x >= 1.0, 1.0, -1.0)
+
+    torch.manual_seed(0)
+    on_instance = _ste_conv()
+    on_instance.binarize_input = lambda x: torch.where(x >= 0.5, 1.0, -1.0)
+    x = torch.randn(2, 8, 10, 10)
+    for layer in (_ste_conv(Shifted), _ste_conv(Doubled), _ste_conv(Flipped), on_instance):
+        model = nn.Sequential(layer).eval()
+        with pytest.warns(PackWarning, match="overrides BinaryConv2d's"):
+            packed = pack(model)
+        assert not isinstance(packed[0], PackedBinaryConv2d)
+        with torch.no_grad():
+            assert torch.equal(packed(x), model(x))
+    model = nn.Sequential(LinearShifted(40, 5, input_binarizer="ste", weight_binarizer="ste")).eval()
+    with pytest.warns(PackWarning, match="LinearShifted overrides BinaryLinear's binarize_input"):
+        packed = pack(model)
+    xl = torch.randn(3, 40)
+    with torch.no_grad():
+        assert torch.equal(packed(xl), model(xl))
+
+
+def test_pack_keeps_layers_and_pools_with_hooks():
+    """Forward hooks and pre-hooks of a binary layer or a pool would be lost by its replacement: it is
+    kept, with a PackWarning naming it; the output stays the model's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_ste_conv(), _ste_conv(), nn.MaxPool2d(2), _ste_conv(), nn.AvgPool2d(2), nn.Flatten(),
+                          BinaryLinear(8 * 2 * 2, 5, input_binarizer="ste", weight_binarizer="ste")).eval()
+    model[0].register_forward_hook(lambda mod, inp, out: out * 0.5 + 1)
+    model[1].register_forward_pre_hook(lambda mod, inp: (inp[0] - 0.3,))
+    model[2].register_forward_hook(lambda mod, inp, out: out - 0.2)
+    model[4].register_forward_pre_hook(lambda mod, inp: (inp[0] * 2,))
+    model[6].register_forward_pre_hook(lambda mod, inp: (inp[0] + 0.4,))
+    with pytest.warns(PackWarning) as rec:
+        packed = pack(model)
+    text = [str(w.message) for w in rec]
+    assert len(text) == 5
+    assert "keeping '0' (BinaryConv2d) unpacked: it has forward hooks" in text[0]
+    assert "keeping '1' (BinaryConv2d) unpacked: it has forward pre-hooks" in text[1]
+    assert "keeping '6' (BinaryLinear) unpacked: it has forward pre-hooks" in text[2]
+    assert "keeping '2' (MaxPool2d) as it is: it has forward hooks" in text[3]
+    assert "keeping '4' (AvgPool2d) as it is: it has forward pre-hooks" in text[4]
+    assert [type(m) for m in packed] == [BinaryConv2d, BinaryConv2d, nn.MaxPool2d, PackedBinaryConv2d,
+                                         nn.AvgPool2d, nn.Flatten, BinaryLinear]
+    x = torch.randn(2, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
+
+
+def test_pack_keeps_batchnorms_and_units_with_hooks():
+    """fold_bn does not fold a BatchNorm with hooks (nor into a layer with hooks), and a BinaryUnit
+    whose BatchNorm or activation has hooks keeps them running (no fused epilogue)."""
+    torch.manual_seed(1)
+    model = randomize(onebit.create_model("reactnet_resnet20"), seed=1).eval()
+    model.stem[1].register_forward_hook(lambda mod, inp, out: out + 0.1)
+    unit = model.stages[0][0][0]
+    unit.bn.register_forward_hook(lambda mod, inp, out: out * 1.5)
+    model.stages[0][0][1].act.register_forward_pre_hook(lambda mod, inp: (inp[0] - 0.05,))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    for fold_bn in (False, True):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            packed = pack(model, fold_bn=fold_bn)
+        text = [str(w.message) for w in rec]
+        assert [t for t in text if "not folding" in t] == ([
+            "pack: not folding 'stem.1' (BatchNorm2d) into 'stem.0': 'stem.1' has forward hooks; it stays as it is "
+            "(the output is correct)",
+            "pack: not folding 'stages.0.0.0.bn' (BatchNorm2d) into 'stages.0.0.0.conv': 'stages.0.0.0.bn' has "
+            "forward hooks; it stays as it is (the output is correct)"] if fold_bn else [])
+        assert type(packed.stem[1]) is nn.BatchNorm2d and type(packed.stages[0][0][0].bn) is nn.BatchNorm2d
+        assert type(packed.stages[0][0][0]).__name__ == type(packed.stages[0][0][1]).__name__ == "BinaryUnit"
+        assert type(packed.stages[0][1][0]).__name__ == "PackedBinaryUnit"  # the others still fuse
+        with torch.no_grad():
+            out = packed(x)
+        if fold_bn:
+            close(out, ref)
+        else:
+            assert torch.equal(out, ref)
+
+
+class _IndexingBlock(nn.Module):
+    """A user's block that runs the layers of its Sequentials one by one, with a ReLU in between."""
+
+    def __init__(self, whole: bool = False):
+        super().__init__()
+        self.whole = whole
+        self.seq = nn.Sequential(_ste_conv(), nn.BatchNorm2d(8))
+        self.real = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+
+    def forward(self, x):
+        if self.whole:  # each Sequential's own forward runs its pair
+            return self.real(torch.relu(self.seq(x)))
+        y = self.seq[1](torch.relu(self.seq[0](x)))
+        return self.real[1](torch.relu(self.real[0](y)))
+
+
+def test_fold_bn_needs_the_sequentials_own_forward_to_run_the_pair():
+    """fold_bn folds a (conv, BatchNorm) pair of an nn.Sequential only where the Sequential's own forward
+    runs both: not when its parent calls seq[0], a ReLU, then seq[1] (that was silently wrong)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 10, 10)
+    for whole in (False, True):
+        model = randomize(_IndexingBlock(whole)).eval()
+        with torch.no_grad():
+            ref = model(x)
+        # no example input: a nested pair is not folded, with a warning that says how to fold it
+        with pytest.warns(PackWarning) as rec:
+            packed = pack(model, fold_bn=True)
+        assert len(rec) == 2 and all("pass example_input=" in str(w.message) for w in rec)
+        assert type(packed.seq[1]) is nn.BatchNorm2d and type(packed.real[1]) is nn.BatchNorm2d
+        with torch.no_grad():
+            assert torch.equal(packed(x), ref)
+        # with one: folded where the forward pass shows the Sequential itself runs the pair
+        if whole:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                packed = pack(model, fold_bn=True, example_input=x[:1])
+            assert type(packed.seq[1]) is nn.Identity and type(packed.real[1]) is nn.Identity
+            with torch.no_grad():
+                close(packed(x), ref)
+        else:
+            with pytest.warns(PackWarning, match="on the example input, '(seq|real)' itself does not run") as rec:
+                packed = pack(model, fold_bn=True, example_input=x[:1])
+            assert len(rec) == 2
+            assert type(packed.seq[1]) is nn.BatchNorm2d and type(packed.real[1]) is nn.BatchNorm2d
+            with torch.no_grad():
+                assert torch.equal(packed(x), ref)
+
+
+def test_fold_bn_does_not_fold_a_layer_used_twice():
+    """A real conv that also runs elsewhere (without the BatchNorm) is not changed by folding."""
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    model = randomize(nn.Sequential(conv, nn.BatchNorm2d(8), conv, _ste_conv())).eval()
+    with pytest.warns(PackWarning, match="'0' is used in more than one place"):
+        packed = pack(model, fold_bn=True)
+    assert type(packed[1]) is nn.BatchNorm2d
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(packed(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet20", "bireal_resnet18", "binaryvit_cifar"])
+def test_fold_bn_still_folds_every_registry_pair(name):
+    """Registry models are checked on a forward pass at their input size: their stems' and shortcuts'
+    BatchNorms fold as before, without a warning."""
+    model = onebit.create_model(name).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        packed = pack(model, fold_bn=True)
+    assert not any(type(m) is nn.BatchNorm2d for m in packed.modules())

@@ -78,6 +78,58 @@ def test_unavailable_or_unknown_path_raises():
                 engine.pack_rows(np.zeros((1, 3), np.float32), path=p)
 
 
+def test_engine_path_from_the_environment(monkeypatch):
+    """ONEBIT_ENGINE_PATH sets the default path at import; unknown or missing on this CPU: one-line error."""
+    import os
+    import subprocess
+    code = "import onebit.deploy as d; print(d.get_path())"
+    env = {**os.environ, "ONEBIT_ENGINE_PATH": "portable", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["portable"], done.stderr
+    for value, want in (("", "auto"), (" portable ", "portable")):
+        monkeypatch.setenv("ONEBIT_ENGINE_PATH", value)
+        assert engine._env_path() == want
+    monkeypatch.setenv("ONEBIT_ENGINE_PATH", "sse9")
+    with pytest.raises(ValueError, match="^ONEBIT_ENGINE_PATH: unknown engine path 'sse9'"):
+        engine._env_path()
+    monkeypatch.setattr(engine, "_AVAILABLE", ("portable",))  # a CPU without AVX2
+    monkeypatch.setenv("ONEBIT_ENGINE_PATH", "avx2")
+    with pytest.raises(ValueError, match="^ONEBIT_ENGINE_PATH: engine path 'avx2' is not supported by this CPU; "
+                                         "available: portable$"):
+        engine._env_path()
+
+
+def test_bench_records_the_path_in_use(tmp_path, capsys, monkeypatch):
+    """bench_layer records the path the packed layer ran on (not best_path()); `onebit bench
+    --engine-path` chooses it, and refuses a path the CPU lacks with one line."""
+    from onebit.cli import main
+    from onebit.deploy.bench import bench_layer
+    try:
+        for path in reversed(PATHS):  # portable first
+            engine.set_path(path)
+            res = bench_layer("conv", "16,16,6,6", batches=(1,), thread_counts=(1,), repeats=1, warmup=0)
+            assert res["engine_path"] == path and engine.path_in_use() == path
+        engine.set_path("auto")
+        assert engine.path_in_use() == engine.best_path()
+        out = tmp_path / "b.json"
+        assert main(["bench", "--layer", "conv", "--shape", "16,16,6,6", "--quick", "--engine-path", "portable",
+                     "--out", str(out)]) == 0
+        import json
+        assert json.loads(out.read_text())["engine_path"] == "portable"
+        assert "engine path portable" in capsys.readouterr().out
+        monkeypatch.setattr(engine, "_AVAILABLE", ("avx2", "portable"))  # a CPU without AVX-512
+        assert main(["bench", "--layer", "conv", "--shape", "16,16,6,6", "--quick", "--engine-path", "avx512",
+                     "--out", str(out), "--force"]) == 2
+        assert capsys.readouterr().err == ("onebit: error: engine path 'avx512' is not supported by this CPU; "
+                                           "available: avx2, portable\n")
+        assert main(["eval", "x.onebit", "--data", "sample", "--engine-path", "avx512"]) == 2
+        assert "not supported by this CPU" in capsys.readouterr().err
+        assert main(["pack", "bireal_resnet20", "--out", str(tmp_path / "p.onebit"), "--engine-path", "avx512"]) == 2
+        assert "not supported by this CPU" in capsys.readouterr().err
+    finally:
+        engine.set_path("auto")
+
+
 def test_num_threads_setting():
     try:
         engine.set_num_threads(None)

@@ -368,7 +368,91 @@ def test_missing_and_directory(tmp_path):
     with pytest.raises(PackedFileError, match="is a directory, not a packed file") as e:
         deploy.load(tmp_path)
     assert "does not exist" not in str(e.value)
+    with pytest.raises(PackedFileError, match="'/dev/null' is not a regular file"):  # it exists
+        deploy.load("/dev/null")
     assert issubclass(PackedFileError, ValueError)
+
+
+def _resigned_kwargs(raw: bytes, **kwargs) -> bytes:
+    return edit(lambda h: h["__metadata__"].update(model_kwargs=json.dumps(kwargs)))(raw)
+
+
+@pytest.mark.parametrize("classes", [10, 2_000_000, 10 ** 12])
+def test_header_declaring_a_larger_model_is_refused_before_building_it(tmp_path, small, monkeypatch, classes):
+    """A re-signed header whose model_kwargs describe a far larger model than the file holds: refused
+    from a skeleton of meta tensors, before the real model (2e6 classes: 0.5 GB) is allocated."""
+    _, _, raw = small
+    path = tmp_path / "big.onebit"
+    path.write_bytes(_resigned_kwargs(raw, num_classes=classes))
+    if classes == 10:  # the model's own value: loads
+        assert isinstance(deploy.load(path), nn.Module)
+        return
+    monkeypatch.setattr(PF, "build", lambda *a, **k: pytest.fail("the model was built before the check"))
+    need = 4 * 65 * classes  # the classifier alone: 64 weights and a bias per class, float32
+    message = (rf"model 'bireal_resnet20' with its model_kwargs holds at least \d{{{len(str(need))}}} bytes packed, "
+               rf"but the file has {path.stat().st_size}: the header does not describe this file")
+    with pytest.raises(PackedFileError, match=message):
+        deploy.load(path)
+
+
+@pytest.mark.parametrize("name,kwargs,fold_bn,int8", [
+    ("reactnet_resnet20", {}, False, False),
+    ("bireal_resnet18_cifar", {}, True, True),
+    ("binaryvit_cifar", {"embed_dims": [16, 32, 32, 64], "depths": [1, 1, 1, 1]}, True, False),
+])
+def test_size_check_accepts_genuine_files(tmp_path, name, kwargs, fold_bn, int8):
+    """Genuine files (folded BatchNorms are not in them, int8 layers hold bytes) pass the size check;
+    the same header over a quarter of the bytes does not."""
+    model = onebit.create_model(name, **kwargs).eval()
+    path = deploy.save(model, tmp_path / "m.onebit", fold_bn=fold_bn, int8_first_last=int8)
+    info = PF._read(path)[3]
+    PF._check_model_size(str(path), info)
+    with pytest.raises(PackedFileError, match="the header does not describe this file"):
+        PF._check_model_size(str(path), {**info, "file_bytes": info["file_bytes"] // 4})
+
+
+BAD_META = {
+    "std_zero": ({"std": [0, 0, 0]}, r"meta std \[0, 0, 0\] has a value <= 0"),
+    "std_inf": ({"std": [1.0, float("inf"), 1.0]}, "meta std .* is not 3 finite numbers"),
+    "std_two": ({"std": [1, 1]}, r"meta std \[1, 1\] is not 3 finite numbers \(one per input channel\)"),
+    "mean_text": ({"mean": "abc"}, 'meta mean "abc" is not 3 finite numbers'),
+    "mean_bool": ({"mean": [True, 0, 0]}, "meta mean .* is not 3 finite numbers"),
+    "class_names_int": ({"class_names": 3}, "meta class_names 3 is not a list of strings"),
+    "class_names_short": ({"class_names": ["a", "b"]}, "meta class_names has 2 names for the model's 10 classes"),
+    "input_size_negative": ({"input_size": [3, -1, 32]}, r"meta input_size \[3, -1, 32\] is not \[C, H, W\]"),
+    "input_size_text": ({"input_size": "32"}, "meta input_size"),
+    "channels": ({"input_size": [1, 32, 32]}, "meta mean .* is not 1 finite numbers"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_META))
+def test_bad_meta_is_refused_at_load_and_at_save(tmp_path, small, case):
+    model, _, raw = small
+    change, message = BAD_META[case]
+    meta = {"class_names": [f"c{i}" for i in range(10)], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+            "input_size": [3, 32, 32], **change}
+    path = tmp_path / "bad.onebit"
+    path.write_bytes(edit(lambda h: h["__metadata__"].update(meta=json.dumps(meta)))(raw))
+    with pytest.raises(PackedFileError, match=message) as e:
+        deploy.load(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+    with pytest.raises(ValueError, match=f"cannot save: ({message}|the meta is not JSON-serialisable)"):
+        deploy.save(model, tmp_path / "new.onebit", meta=meta)
+    assert not (tmp_path / "new.onebit").exists()
+
+
+def test_cli_eval_json_has_no_nan(tmp_path, capsys):
+    """NaN logits (a NaN weight in a genuine file) give a NaN loss: the JSON says null, never NaN."""
+    from onebit.data.sample import CIFAR10_CLASSES
+    model = onebit.create_model("bireal_resnet20").eval()
+    with torch.no_grad():
+        model.fc.bias[0] = float("nan")
+    meta = {"class_names": list(CIFAR10_CLASSES), "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+            "input_size": [3, 32, 32]}
+    path = deploy.save(model, tmp_path / "nan.onebit", meta=meta)
+    assert cli(["eval", str(path), "--data", "sample", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert res["loss"] is None and res["n"] == 1000
 
 
 def test_sniff(tmp_path, small):

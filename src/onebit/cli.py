@@ -152,9 +152,30 @@ def eval_loader(data: str, split: str, meta: dict, batch_size: int, shuffle: boo
     return D.BatchLoader(ds, batch_size, shuffle=shuffle, transform=tf)
 
 
+def use_engine_path(args) -> None:
+    """--engine-path: the packed models' engine kernel path for this command (a path the CPU lacks is
+    refused with one line); without it, ONEBIT_ENGINE_PATH or 'auto'."""
+    if args.engine_path:
+        from .deploy import set_path
+        set_path(args.engine_path)
+
+
+def json_finite(v):
+    """``v`` with every non-finite float (a NaN loss from NaN logits) as None: strict JSON, no NaN."""
+    import math
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: json_finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_finite(x) for x in v]
+    return v
+
+
 def cmd_eval(args) -> int:
     import json
     from .train.evaluate import confusion_text, evaluate
+    use_engine_path(args)
     if args.png:
         from .analysis_plots import require_matplotlib
         writable_out(args.png, "--png")
@@ -167,7 +188,7 @@ def cmd_eval(args) -> int:
         from .analysis_plots import confusion_png
         confusion_png(res, args.png)
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps(json_finite(res), allow_nan=False))
     else:
         print(f"{args.checkpoint} on {args.data} [{args.split}]: top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%  "
               f"n={res['n']}")
@@ -363,6 +384,7 @@ def cmd_pack(args) -> int:
     from pathlib import Path
     import torch
     from . import deploy
+    use_engine_path(args)
     out = writable_out(args.out, "--out")
     if out.exists() and not args.force:
         raise ValueError(f"{out} exists; pass --force to overwrite it")
@@ -398,7 +420,7 @@ def cmd_pack(args) -> int:
         res["top1_float32"] = evaluate(model, loader, list(meta["class_names"]))["top1"]
         res["top1_packed"] = evaluate(reloaded, loader, list(meta["class_names"]))["top1"]
     if args.json:
-        print(json.dumps(res))
+        print(json.dumps(json_finite(res), allow_nan=False))
         return 0
     opts = ("fold_bn" if args.fold_bn else "no fold_bn") + (f", int8 {', '.join(int8)}" if int8 else "")
     print(f"packed {args.model} ({name}, {opts}) -> {out}")
@@ -443,6 +465,7 @@ def cmd_bench(args) -> int:
     import re
     from pathlib import Path
     from .deploy import bench
+    use_engine_path(args)
     if args.quick:
         args.repeats, args.warmup = min(args.repeats, 2), 0
         args.batch, args.threads = args.batch or [1], args.threads or [1]
@@ -501,6 +524,12 @@ def writable_out(path, what: str):
     return p
 
 
+def add_engine_path(p) -> None:
+    p.add_argument("--engine-path", choices=["auto", "avx512", "avx2", "portable"],
+                   help="engine kernel path of the packed model (default: $ONEBIT_ENGINE_PATH, else auto: the "
+                        "fastest this CPU has); one the CPU lacks is refused")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="onebit", description="1-bit neural networks for vision")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -529,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default: %(default)s)")
     p.add_argument("--download", action="store_true",
                    help="CIFAR-10/100: fetch the python pickles into --data ROOT if they are not there")
+    add_engine_path(p)
     p.set_defaults(fn=cmd_eval)
     p = sub.add_parser("landscape", help="2-D loss landscape (Li et al. 2018) of a checkpoint: PNGs and the grid")
     p.add_argument("checkpoint", help="checkpoint path or zoo:NAME")
@@ -596,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_engine_path(p)
     p.set_defaults(fn=cmd_pack)
     p = sub.add_parser("bench", help="latency of the packed model (or one layer) against float32 PyTorch")
     p.add_argument("model", nargs="?", help="registry name, zoo:NAME, checkpoint or packed file")
@@ -612,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="batch 1, 1 thread, at most 2 repeats, no warm-up")
     p.add_argument("--out", help="JSON result (default results/bench_NAME.json; Markdown beside it)")
     p.add_argument("--force", action="store_true", help="overwrite an existing result file")
+    add_engine_path(p)
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("demo", help="the main job on the embedded default data")
     p.add_argument("--out", help="run directory (default runs/demo-<time>)")

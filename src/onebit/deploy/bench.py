@@ -197,7 +197,7 @@ def bench_model(spec, batches: Sequence[int] = (1, 32), thread_counts: Sequence[
     runs = _time_grid(variants, inputs, thread_counts, repeats, warmup, "float32", layers, log)
     return {"kind": "model", "model": name, "model_kwargs": config, "spec": spec if isinstance(spec, str) else name,
             "input_size": list(size), "twin": tw, "twin_kwargs": twin_kwargs, "repeats": repeats, "warmup": warmup, "fold_bn": fold_bn,
-            "engine_path": engine.best_path(), "engine_threads": engine.thread_backend(), "machine": machine_info(),
+            "engine_path": engine.path_in_use(), "engine_threads": engine.thread_backend(), "machine": machine_info(),
             "commit": git_commit(), "runs": runs}
 
 
@@ -264,7 +264,7 @@ def bench_layer(kind: str, shape, batches: Sequence[int] = (1, 32), thread_count
     inputs = [(b, torch.randn(*xs, generator=torch.Generator().manual_seed(1))) for b, xs in inputs]
     runs = _time_grid(variants, inputs, thread_counts, repeats, warmup, "fp32", None, log)
     return {"kind": "layer", "layer": kind, "shape": list(_parse_ints(shape, 3, 6, kind)), "label": label,
-            "repeats": repeats, "warmup": warmup, "engine_path": engine.best_path(),
+            "repeats": repeats, "warmup": warmup, "engine_path": engine.path_in_use(),
             "engine_threads": engine.thread_backend(), "machine": machine_info(),
             "commit": git_commit(), "runs": runs}
 

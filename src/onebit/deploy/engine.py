@@ -5,7 +5,8 @@ contiguous float32 CPU tensors).  Every call takes
 
 - ``path``: ``"auto"`` (the fastest the CPU supports), ``"avx512"`` (AVX-512 VPOPCNTDQ), ``"avx2"``
   (vpshufb nibble lookup) or ``"portable"`` (scalar 64-bit popcount); a path the CPU lacks raises
-  ValueError.  :func:`set_path` changes the default.
+  ValueError.  :func:`set_path` changes the default; the environment variable ONEBIT_ENGINE_PATH
+  sets it when this module is imported (the CLI: ``--engine-path`` of bench, eval and pack).
 - ``num_threads``: engine threads; default :func:`get_num_threads`, i.e. ``torch.get_num_threads()``
   unless :func:`set_num_threads` set one.  The work runs on the team of the OpenMP runtime torch has
   loaded (its idle threads take it at once instead of competing with it for the cores), or on the
@@ -16,6 +17,7 @@ bits of the last word of a row are 0.  Dot products come out as ``K - 2 popcount
 """
 from __future__ import annotations
 
+import os
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,7 +38,7 @@ _AVAILABLE = tuple(_C.available_paths())  # fixed for the process: the CPU does 
 _LAYOUT = {p: _C.weight_layout(p) for p in ("auto",) + _AVAILABLE}
 
 _num_threads: Optional[int] = None
-_default_path: str = "auto"
+_default_path: str = "auto"  # set from ONEBIT_ENGINE_PATH below, once _check_path is defined
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -109,6 +111,25 @@ def _check_path(path: str) -> None:
     if path not in _AVAILABLE:
         raise ValueError(f"engine path {path!r} is not supported by this CPU; available: "
                          f"{', '.join(available_paths())}")
+
+
+def _env_path() -> str:
+    """The default path from ONEBIT_ENGINE_PATH ('auto' when unset or empty); ValueError if bad."""
+    path = os.environ.get("ONEBIT_ENGINE_PATH", "").strip() or "auto"
+    try:
+        _check_path(path)
+    except ValueError as e:
+        raise ValueError(f"ONEBIT_ENGINE_PATH: {e}") from None
+    return path
+
+
+_default_path = _env_path()
+
+
+def path_in_use() -> str:
+    """The kernel path calls take by default: the one set (set_path, ONEBIT_ENGINE_PATH), with
+    'auto' resolved to best_path()."""
+    return best_path() if _default_path == "auto" else _default_path
 
 
 def _resolve(path: Optional[str]) -> str:

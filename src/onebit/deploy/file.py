@@ -29,8 +29,12 @@ and pass ``name=`` (and ``config=``).
 
 Before any tensor is built the loader checks the header length, the header JSON, every tensor's
 dtype, shape and offsets (inside the data region, no overlaps, no gaps, sizes add up to the file
-size), the format and version, both checksums, and that names, shapes and dtypes match the rebuilt
-model; then that no weight row has a bit set outside its weights (the engine counts whole words).
+size), the format and version, both checksums, the meta (input_size [C, H, W] of positive integers,
+mean and std of C finite numbers, std > 0, class_names a list of strings, one per class), that the
+model the header describes is not far larger than the file (sized first without memory, as meta
+tensors: a re-signed header cannot make the loader allocate a large model for a small file), and
+that names, shapes and dtypes match the rebuilt model; then that no weight row has a bit set outside its
+weights (the engine counts whole words).
 Any failure is a :class:`PackedFileError` (a ValueError) with a one-line message.
 """
 from __future__ import annotations
@@ -47,6 +51,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from ..layers.binary import BinaryLayer
 from .packed import PackedBinaryConv2d, PackedBinaryLinear, PackWarning, pack
@@ -147,6 +152,40 @@ def _diff(want: dict, got: dict) -> str:
         parts.append(f"{len(wrong)} of another shape or dtype (e.g. {k!r}: {list(got[k][0])} {got[k][1]}, "
                      f"expected {list(want[k][0])} {want[k][1]})")
     return ", ".join(parts)
+
+
+class _MetaFactories(TorchFunctionMode):
+    """Within it, tensor factories without a device (torch.empty, zeros, randn, ...: a layer's weights)
+    make meta tensors, with a shape and a dtype but no memory; tensors made from data (torch.tensor:
+    a binarizer's constants) stay real, as code may read them."""
+
+    FACTORIES = {torch.empty, torch.empty_strided, torch.zeros, torch.ones, torch.full, torch.rand, torch.randn,
+                 torch.randint, torch.randperm, torch.arange, torch.linspace, torch.logspace, torch.eye}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FACTORIES and kwargs.get("device") is None:
+            kwargs = {**kwargs, "device": "meta"}
+        return func(*args, **kwargs)
+
+
+def _check_model_size(where: str, info: dict) -> None:
+    """PackedFileError if the model that ``info``'s name and model_kwargs describe must hold far more
+    than the file's bytes (its theoretical_bytes, from a skeleton of meta tensors: no memory): a
+    re-signed header cannot make the loader allocate a large model for a small file.  The real
+    build then allocates at most about 32 x the file (float latent weights for the bits); the exact
+    tensor check follows it (load_with_meta)."""
+    from ..models import create_model
+    try:
+        with _MetaFactories():
+            skeleton = create_model(info["model"], **info["model_kwargs"])
+    except Exception:
+        return  # the real build says what is wrong with the config
+    need = theoretical_bytes(skeleton, tuple(info["pack"]["int8_layers"]))
+    if need > 2 * info["file_bytes"] + 4096:  # slack: folded BatchNorms are not in the file
+        raise PackedFileError(f"{where}: model {info['model']!r} with its model_kwargs holds at least {need} bytes "
+                              f"packed, but the file has {info['file_bytes']}: the header does not describe this "
+                              f"file (checked before building the model)")
 
 
 # --- sizes ------------------------------------------------------------------------------------
@@ -273,6 +312,9 @@ def save(model: nn.Module, path, *, name: Optional[str] = None, config: Optional
         raise ValueError(f"cannot save: the model does not match create_model({name!r}, **config) packed with "
                          f"fold_bn={candidates if len(candidates) > 1 else candidates[0]}: {why}")
 
+    why = _bad_meta(json.loads(_json_text(meta, "meta")), getattr(packed, "num_classes", None))
+    if why:
+        raise ValueError(f"cannot save: meta {why}")
     from .. import __version__
     metadata = {
         "format": FORMAT, "format_version": str(VERSION), "model": str(name),
@@ -304,6 +346,37 @@ def _no_constant(name):
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _short(v) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _bad_meta(meta: dict, classes: Optional[int] = None) -> str:
+    """What is wrong with the input_size, mean, std and class_names of a file's meta ('' if nothing;
+    each is optional: a bare model has none); with ``classes``, class_names must name that many."""
+    size = meta.get("input_size")
+    if "input_size" in meta and not (isinstance(size, list) and len(size) == 3 and all(_is_int(v) and v > 0
+                                                                                       for v in size)):
+        return f"input_size {_short(size)} is not [C, H, W] of positive integers"
+    channels = size[0] if "input_size" in meta else 3
+    for k in ("mean", "std"):
+        v = meta.get(k)
+        if k in meta and not (isinstance(v, list) and len(v) == channels and all(_is_number(a) for a in v)):
+            return f"{k} {_short(v)} is not {channels} finite numbers (one per input channel)"
+    if "std" in meta and min(meta["std"]) <= 0:
+        return f"std {_short(meta['std'])} has a value <= 0"
+    names = meta.get("class_names")
+    if "class_names" in meta and not (isinstance(names, list) and names and all(isinstance(c, str) for c in names)):
+        return f"class_names {_short(names)} is not a list of strings"
+    if names is not None and _is_int(classes) and len(names) != classes:
+        return f"class_names has {len(names)} names for the model's {classes} classes"
+    return ""
 
 
 def _parse(raw: bytes, where: str) -> tuple:
@@ -389,6 +462,9 @@ def _parse(raw: bytes, where: str) -> tuple:
         ok = False
     if not ok:
         fail("metadata model_kwargs / progress / pack / meta are not the expected JSON")
+    why = _bad_meta(extra)
+    if why:
+        fail(f"meta {why}")
     info = {**extra, "model": meta["model"], "model_kwargs": config, "progress": progress,
             "pack": {"fold_bn": fold_bn, "int8_layers": int8}, "format_version": int(version), "file_bytes": size,
             "onebit_version": meta.get("onebit_version")}
@@ -399,8 +475,10 @@ def _read(path) -> tuple:
     p = Path(path)
     if p.is_dir():
         raise PackedFileError(f"{str(p)!r} is a directory, not a packed file; give the path of the file itself")
-    if not p.is_file():
+    if not p.exists():
         raise PackedFileError(f"packed file {str(p)!r} does not exist")
+    if not p.is_file():
+        raise PackedFileError(f"{str(p)!r} is not a regular file (a device, pipe or socket); give a packed file")
     try:
         raw = p.read_bytes()
     except OSError as e:
@@ -417,6 +495,7 @@ def load_with_meta(path) -> tuple[nn.Module, dict]:
     """(eval-mode model, its info: read_info's dict) from a packed file; PackedFileError if unusable."""
     raw, header, start, info = _read(path)
     where = str(path)
+    _check_model_size(where, info)
     try:
         model = build(info["model"], info["model_kwargs"], info["progress"], info["pack"]["fold_bn"],
                       tuple(info["pack"]["int8_layers"]))
@@ -427,6 +506,9 @@ def load_with_meta(path) -> tuple[nn.Module, dict]:
     why = _diff(_structure(model, info["format_version"]), stored)
     if why:
         raise PackedFileError(f"{where}: tensors do not match model {info['model']!r}: {why}")
+    why = _bad_meta(info, getattr(model, "num_classes", None))
+    if why:
+        raise PackedFileError(f"{where}: meta {why}")
     state = {}
     for k, e in stored.items():
         np_dtype, torch_dtype = DTYPES[e[1]]

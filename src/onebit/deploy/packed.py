@@ -23,14 +23,18 @@ whose binarizers it can reproduce bit for bit (any sign estimator: STE, clipped 
 ReSTE, a hard progressive binarizer; RSign over one of those; for the weights, anything whose
 output is exactly +-1).  It keeps as they are: layers with real inputs or real weights (nothing to
 pack), and, with a :class:`PackWarning`, binary layers it does not know (other BinaryLayer classes,
-overridden forwards, unknown binarizers, weights not exactly +-1) and leaf layers of classes from
-neither torch nor onebit (kept in float32 PyTorch): never silently wrong.
+subclasses overriding forward or a method it calls, unknown binarizers, weights not exactly +-1),
+layers with forward hooks and leaf layers of classes from neither torch nor onebit (kept in float32
+PyTorch): never silently wrong.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import math
 import warnings
+from collections import Counter
 from typing import Optional, Tuple, Union
 
 import numpy as np
@@ -114,6 +118,35 @@ def _check_eval(layer: nn.Module, name: str = "") -> None:
         label = f"{name!r} ({type(layer).__name__})" if name else type(layer).__name__
         raise ValueError(f"cannot pack {label}: it is in training mode (batch statistics, binarizer "
                          f"schedules); call model.eval() first")
+
+
+HARMLESS_OVERRIDES = ("__init__", "extra_repr", "reset_parameters")  # they do not change what forward computes
+
+
+def _check_methods(layer: nn.Module, base: type) -> None:
+    """NotPackable if ``layer``'s class (``base`` or a subclass) or the instance itself replaces a
+    method of ``base`` (forward, binarize_input, weight_parts, ...): from_layer packs what ``base``'s
+    own methods compute.  A subclass with only its own constructor is packed."""
+    replaced = [name for cls in type(layer).__mro__[:type(layer).__mro__.index(base)] for name in vars(cls)]
+    replaced += [name for name, v in vars(layer).items() if callable(v) and not isinstance(v, nn.Module)]
+    for name in replaced:
+        attr = inspect.getattr_static(base, name, None)
+        if name not in HARMLESS_OVERRIDES and (callable(attr) or isinstance(attr, (property, staticmethod,
+                                                                                    classmethod))):
+            raise NotPackable(f"{type(layer).__name__} overrides {base.__name__}'s {name}")
+
+
+def _hook_kinds(m: nn.Module) -> str:
+    """What forward hooks ``m`` itself has ('forward hooks', 'forward pre-hooks', both; '' if none):
+    hooks a module pack() replaces or bypasses would silently lose."""
+    kinds = [k for k, d in (("forward pre-hooks", m._forward_pre_hooks), ("forward hooks", m._forward_hooks)) if d]
+    return " and ".join(kinds)
+
+
+def _check_hooks(layer: nn.Module) -> None:
+    kinds = _hook_kinds(layer)
+    if kinds:
+        raise NotPackable(f"it has {kinds}, which its packed twin would not run")
 
 
 def _input_array(x: torch.Tensor) -> np.ndarray:
@@ -263,12 +296,12 @@ class PackedBinaryConv2d(_Packed):
         if not isinstance(layer, BinaryConv2d):
             raise TypeError(f"expected a BinaryConv2d, got {type(layer).__name__}")
         _check_eval(layer, name)
-        if type(layer).forward is not BinaryConv2d.forward or type(layer)._conv_forward is not nn.Conv2d._conv_forward:
-            raise NotPackable(f"{type(layer).__name__} overrides BinaryConv2d's forward")
+        _check_methods(layer, BinaryConv2d)
         if layer.padding_mode != "zeros":
             raise NotPackable(f"padding_mode {layer.padding_mode!r} (only 'zeros' is packed)")
         shift = _input_shift(layer.input_binarizer, layer.in_channels, (1, -3))
         wb, scale = _weight_signs(layer)
+        _check_hooks(layer)
         bits, tapsum = engine.pack_conv_weight(wb)
         return cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                    layer.dilation, layer.groups, bits, tapsum, scale, _bias(layer, layer.out_channels), shift)
@@ -426,10 +459,10 @@ class PackedBinaryLinear(_Packed):
         if not isinstance(layer, BinaryLinear):
             raise TypeError(f"expected a BinaryLinear, got {type(layer).__name__}")
         _check_eval(layer, name)
-        if type(layer).forward is not BinaryLinear.forward:
-            raise NotPackable(f"{type(layer).__name__} overrides BinaryLinear's forward")
+        _check_methods(layer, BinaryLinear)
         shift = _input_shift(layer.input_binarizer, layer.in_features, (-1,))
         wb, scale = _weight_signs(layer)
+        _check_hooks(layer)
         bits = engine.pack_rows(wb)
         return cls(layer.in_features, layer.out_features, bits, scale, _bias(layer, layer.out_features), shift)
 
@@ -470,11 +503,56 @@ def _pre_relu(pre_bn_act: Optional[nn.Module]) -> Optional[bool]:
     return False if kind is nn.Identity else True if kind is nn.ReLU else None
 
 
-def _fold_pairs(model: nn.Module) -> int:
+def _call_trace(model: nn.Module, x: torch.Tensor) -> dict:
+    """{id(module): (calls, {id(caller)})} over one forward pass of ``model`` on ``x``, where a module's
+    caller is the module whose forward was running when it was called (None: called from outside)."""
+    calls: dict = {}
+    stack: list = []
+
+    def pre(mod, args):
+        n, callers = calls.get(id(mod), (0, set()))
+        callers.add(id(stack[-1]) if stack else None)
+        calls[id(mod)] = (n + 1, callers)
+        stack.append(mod)
+
+    def post(mod, args, out):
+        stack.pop()
+
+    hooks = [nn.modules.module.register_module_forward_pre_hook(pre),
+             nn.modules.module.register_module_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _default_example(model: nn.Module) -> Optional[torch.Tensor]:
+    """A zero image batch of one at the input size of a registry model or a model with a
+    ``default_input_size`` (None for other models), on the model's device."""
+    if getattr(model, "default_input_size", None) is None and not getattr(model, "registry_name", None):
+        return None
+    from .bench import default_input_size
+    p = next(model.parameters(), None)
+    dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    return torch.zeros(1, *default_input_size(model), device=None if p is None else p.device, dtype=dtype)
+
+
+def _fold_pairs(model: nn.Module, example_input: Optional[torch.Tensor] = None) -> int:
     """Fold eval BatchNorms into the packed layer right before them: BinaryUnit (bn(conv(x)), not
     with a pre_bn_act between them),
     BiFC (norm(linear(x)), a BatchNorm over the last dim) and (packed or real conv, BatchNorm2d)
-    neighbours inside an nn.Sequential (the stem, the down-sampling shortcuts).  Returns the number folded."""
+    neighbours inside an nn.Sequential (the stem, the down-sampling shortcuts).  Returns the number folded.
+
+    A pair folds only where its owner's own forward is what runs both layers (a parent module may
+    call ``seq[0]`` and ``seq[1]`` itself, with other ops between).  With an example input (given, or
+    _default_example's) one forward pass shows it: every call of both layers comes from the owner's
+    forward, once per call of the owner.  Without one: BinaryUnit and BiFC pairs fold (their forward
+    is checked by class), and nn.Sequential pairs only where the Sequential is the model itself or
+    run by plain nn.Sequentials up to it; the others stay, with a PackWarning.  Layers with forward
+    hooks, or used in more than one place, stay too."""
     from ..layers.bifc import BiFC, TokenBatchNorm
     from ..models.blocks import BinaryUnit
     from torch.nn.modules.batchnorm import _BatchNorm
@@ -483,7 +561,7 @@ def _fold_pairs(model: nn.Module) -> int:
         return (type(bn) in kinds and not bn.training and bn.running_mean is not None
                 and bn.running_var is not None)
 
-    n = 0
+    candidates = []  # (owner, layer name, bn name, fold function)
     for m in model.modules():
         pairs = []  # (layer name, bn name, packed class, BN classes)
         if (isinstance(m, BinaryUnit) and type(m).forward is BinaryUnit.forward
@@ -498,15 +576,67 @@ def _fold_pairs(model: nn.Module) -> int:
             layer, bn = m._modules.get(a), m._modules.get(b)
             if (type(layer) is cls and isinstance(bn, _BatchNorm) and foldable(bn, kinds)
                     and bn.num_features == layer.scale.numel()):
-                layer.fold_bn(bn)
-                m._modules[b] = nn.Identity()
-                n += 1
+                candidates.append((m, a, b, layer.fold_bn))
             elif (type(m) is nn.Sequential and type(layer) is nn.Conv2d and layer.weight.dtype is torch.float32
                   and isinstance(bn, _BatchNorm) and foldable(bn, (nn.BatchNorm2d,))
                   and bn.num_features == layer.out_channels):  # a real conv: the stem, a shortcut
-                _fold_into_conv(layer, bn)
-                m._modules[b] = nn.Identity()
-                n += 1
+                candidates.append((m, a, b, functools.partial(_fold_into_conv, layer)))
+    if not candidates:
+        return 0
+
+    named = dict(model.named_modules())
+    names = {id(m): n for n, m in named.items()}
+    uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
+    trace = None
+    example = example_input if example_input is not None else _default_example(model)
+    if example is not None:
+        try:
+            trace = _call_trace(model, example)
+        except Exception as e:
+            if example_input is not None:
+                raise
+            warnings.warn(f"pack: fold_bn: the forward pass on an example input of shape {tuple(example.shape)} "
+                          f"failed ({type(e).__name__}: {str(e)[:100]}); BatchNorms in nested nn.Sequentials are "
+                          f"not folded; pass example_input= to pack()", PackWarning, stacklevel=3)
+
+    def run_by_sequentials(name: str) -> bool:  # the model itself, or run by plain nn.Sequentials up to it
+        while name:
+            name = name.rpartition(".")[0]
+            if type(named[name]) is not nn.Sequential:
+                return False
+        return True
+
+    def why_not(owner, layer, bn) -> str:
+        for mod in (layer, bn):
+            if _hook_kinds(mod):
+                return f"{names[id(mod)]!r} has {_hook_kinds(mod)}"
+            if uses[id(mod)] > 1:
+                return f"{names[id(mod)]!r} is used in more than one place of the model"
+        label = repr(names[id(owner)]) if names[id(owner)] else f"the model ({type(owner).__name__})"
+        if trace is not None:
+            n_owner = trace.get(id(owner), (0, set()))[0]
+            if n_owner == 0:
+                return f"on the example input, {label} itself does not run (its parent may call its layers)"
+            for mod in (layer, bn):
+                if trace.get(id(mod), (0, set())) != (n_owner, {id(owner)}):
+                    return f"on the example input, {names[id(mod)]!r} does not run only inside {label}"
+            return ""
+        if type(owner) is nn.Sequential and not run_by_sequentials(names[id(owner)]):
+            return (f"without an example input, pack cannot check that nn.Sequential {label} itself runs both (its "
+                    f"parent may call them one by one); pass example_input= to pack()")
+        return ""
+
+    n = 0
+    for owner, a, b, fold in candidates:
+        layer, bn = owner._modules[a], owner._modules[b]
+        why = why_not(owner, layer, bn)
+        if why:
+            warnings.warn(f"pack: not folding {names[id(bn)]!r} ({type(bn).__name__}) into {names[id(layer)]!r}: "
+                          f"{why}; it stays as it is (the output is correct)", PackWarning, stacklevel=3)
+            continue
+        fold(bn)
+        owner._modules[b] = nn.Identity()
+        n += 1
     return n
 
 
@@ -836,6 +966,7 @@ def _fuse_units(model: nn.Module) -> int:
     for m in model.modules():
         if (type(m) is BinaryUnit and type(m._modules.get("conv")) is PackedBinaryConv2d
                 and _pre_relu(m._modules.get("pre_bn_act")) is not None
+                and not any(_hook_kinds(c) for c in m.children() if c is not m._modules.get("shortcut"))
                 and (type(m._modules.get("bn")) is nn.Identity or _bn_epilogue(m._modules.get("bn")) is not None)):
             m.__class__ = unit_cls
             n += 1
@@ -847,22 +978,26 @@ def _swap_pools(model: nn.Module) -> int:
     they reproduce them bit for bit (no parameters or buffers: the state_dict is unchanged)."""
     from .pool import ExactAvgPool2d, SeparableMaxPool2d, avg_supported, separable_supported
     n = 0
-    for parent in list(model.modules()):
+    for prefix, parent in list(model.named_modules()):
         for name, child in list(parent._modules.items()):
-            if child is None:
+            if child is None or not (separable_supported(child) or avg_supported(child)):
+                continue
+            kinds = _hook_kinds(child)
+            if kinds:  # the stand-in would not run them
+                full = f"{prefix}.{name}" if prefix else name
+                warnings.warn(f"pack: keeping {full!r} ({type(child).__name__}) as it is: it has {kinds}, which the "
+                              f"engine's pool would not run (its output stays correct)", PackWarning, stacklevel=3)
                 continue
             if separable_supported(child):
                 parent._modules[name] = SeparableMaxPool2d.from_pool(child)
-            elif avg_supported(child):
-                parent._modules[name] = ExactAvgPool2d.from_pool(child)
             else:
-                continue
+                parent._modules[name] = ExactAvgPool2d.from_pool(child)
             n += 1
     return n
 
 
 def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link_bits: bool = False,
-         fuse_units: bool = True) -> nn.Module:
+         fuse_units: bool = True, example_input: Optional[torch.Tensor] = None) -> nn.Module:
     """A copy of ``model`` (eval mode) with every packable binary layer replaced by its packed twin.
 
     Packs BinaryConv2d / BinaryLinear with binary inputs and weights; keeps layers with real inputs
@@ -870,7 +1005,12 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     classes from neither torch nor onebit (in float32).  Raises
     ValueError (naming the layer) if the model or a binary layer is in training mode.
     ``fold_bn=True`` also folds eval BatchNorms that directly follow a packed layer (BinaryUnit,
-    BiFC, nn.Sequential neighbours) into its scale and bias and replaces them by nn.Identity.
+    BiFC, nn.Sequential neighbours) into its scale and bias and replaces them by nn.Identity, where
+    the pair's owner runs both (see _fold_pairs): checked on one forward pass of ``example_input``
+    (default: a zero image at the input size of a registry model or a model with a
+    ``default_input_size``); without one, a pair in an nn.Sequential nested in another module stays
+    unfolded, with a PackWarning.  A layer or pool with forward hooks or pre-hooks is kept as it
+    is, with a PackWarning (its replacement would not run them).
     ``inplace=True`` modifies ``model`` itself instead of a deep copy.  The copy also computes
     faster where it can do so exactly: nn.MaxPool2d and nn.AvgPool2d become the engine's pools
     (deploy.pool: the same tensors, bit for bit), BinaryViT's attention computes Q K^T and P V on
@@ -917,7 +1057,7 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
                 continue
             parent._modules[child_name] = packed
     if fold_bn:
-        _fold_pairs(out)
+        _fold_pairs(out, example_input)
     if fuse_units:
         _fuse_units(out)
     if link_bits:
