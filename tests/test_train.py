@@ -735,6 +735,8 @@ def test_cli_one_line_errors_for_arguments_and_files(tmp_path, capsys):
         assert cli(["eval", str(tmp_path / name), "--data", "sample"]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    assert cli(["eval", "/dev/null", "--data", "sample"]) == 2
+    assert "'/dev/null' is not a regular file" in capsys.readouterr().err  # it exists
     p = tiny_recipe(tmp_path, epochs=1)
     out = tmp_path / "run"
     assert cli(["train", "--recipe", str(p), "--out", str(out), "--quiet"]) == 0

@@ -56,8 +56,11 @@ def load(path) -> dict:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"checkpoint {str(path)!r} is a folder; give a checkpoint file in it (e.g. best.pt)")
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} is not a regular file (a device, pipe or socket); give a "
+                         f"checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
