@@ -998,11 +998,12 @@ def test_fold_bn_does_not_fold_a_layer_used_twice():
         assert torch.equal(packed(x), model(x))
 
 
-@pytest.mark.parametrize("name", ["bireal_resnet20", "reactnet_resnet20", "bireal_resnet18", "binaryvit_cifar"])
-def test_fold_bn_still_folds_every_registry_pair(name):
-    """Registry models are checked on a forward pass at their input size: their stems' and shortcuts'
-    BatchNorms fold as before, without a warning."""
-    model = onebit.create_model(name).eval()
+@pytest.mark.parametrize("name,kw", [("bireal_resnet20", {}), ("reactnet_resnet20", {}), ("bireal_resnet18", {}),
+                                     ("bireal_resnet20", {"in_chans": 1})])
+def test_fold_bn_still_folds_every_registry_pair(name, kw):
+    """Registry models are checked on a forward pass at their input size (channels from their first
+    conv): their stems' and shortcuts' BatchNorms fold as before, without a warning."""
+    model = onebit.create_model(name, **kw).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         packed = pack(model, fold_bn=True)

@@ -79,13 +79,18 @@ def test_unavailable_or_unknown_path_raises():
 
 
 def test_engine_path_from_the_environment(monkeypatch):
-    """ONEBIT_ENGINE_PATH sets the default path at import; unknown or missing on this CPU: one-line error."""
+    """ONEBIT_ENGINE_PATH sets the default path; unknown or missing on this CPU: one-line error when a
+    call needs the path, not at import, so that set_path (--engine-path) can override a bad value."""
     import os
     import subprocess
-    code = "import onebit.deploy as d; print(d.get_path())"
+    code = "import onebit.deploy as d; print(d.get_path()); d.set_path('portable'); print(d.engine.path_in_use())"
     env = {**os.environ, "ONEBIT_ENGINE_PATH": "portable", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert done.stdout.split() == ["portable"], done.stderr
+    assert done.stdout.split() == ["portable", "portable"], done.stderr
+    code = "import onebit.deploy as d; d.set_path('portable'); print(d.engine.path_in_use()); d.set_path('auto')"
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "ONEBIT_ENGINE_PATH": "sse9"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["portable"], done.stderr
     for value, want in (("", "auto"), (" portable ", "portable")):
         monkeypatch.setenv("ONEBIT_ENGINE_PATH", value)
         assert engine._env_path() == want

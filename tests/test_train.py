@@ -618,6 +618,29 @@ def test_force_run_failing_before_its_first_checkpoint_gives_the_old_run_back(tm
     assert yaml.safe_load((out / "recipe.yaml").read_text())["seed"] == 1 and len(rows(out)) == 1
 
 
+def test_force_run_killed_before_its_first_checkpoint_is_settled_by_the_next_command(tmp_path):
+    """A --force run killed outright (no exception to clean up after) leaves the old run in
+    RUN/.replaced; the next command on RUN puts it back if the killed run had no checkpoint, and
+    drops it if it had one."""
+    import os
+    import onebit.train.loop as L
+    p = tiny_recipe(tmp_path, epochs=1)
+    out = tmp_path / "run"
+    train(load_recipe(str(p)), out, quiet=True)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    (out / L.REPLACED).mkdir()  # what start_files of the killed --force run did
+    for name in before:
+        os.replace(out / name, out / L.REPLACED / name)
+    (out / "recipe.yaml").write_text("name: the-killed-run\n")
+    with pytest.raises(ValueError, match="already exists"):  # a plain rerun: refused, the old run back
+        train(load_recipe(str(p)), out, quiet=True)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    (out / L.REPLACED).mkdir()  # killed after its first checkpoint: last.pt is the new run's
+    (out / L.REPLACED / "metrics.jsonl").write_text("old\n")
+    res = train(None, out, resume=True, quiet=True)
+    assert not (out / L.REPLACED).exists() and res["epochs"] == 1
+
+
 def test_mixed_image_sizes_are_refused_before_training(tmp_path, capsys):
     """Validation images of two sizes cannot be batched without a resizing eval transform: refused at
     start-up with the key to set, not after a training epoch; with it set, the run trains."""
@@ -657,8 +680,9 @@ def test_resume_needs_the_runs_recipe(tmp_path):
     ("train.threads=abc", "train.threads must be an integer >= 1"),
     ("train.grad_clip=abc", "train.grad_clip must be a number > 0"),
     ("train.binary_weight_decay=abc", "train.binary_weight_decay must be a number >= 0"),
-    ("data.mean=abc", "data.mean must be a list of numbers"),
-    ("data.std=[1, 0, 1]", "data.std must be a list of positive numbers"),
+    ("data.mean=abc", "data.mean must be a list of 3 numbers"),
+    ("data.mean=[0.5]", "data.mean must be a list of 3 numbers, one per RGB channel"),
+    ("data.std=[1, 0, 1]", "data.std must be a list of 3 positive numbers"),
     ("data.root=5", "data.root must be a path"),
     ("train.progress=steps", "train.progress must be one of epoch, step, got 'steps'"),
     # the open sections: known keys only, and a YAML slip named as such
@@ -668,6 +692,7 @@ def test_resume_needs_the_runs_recipe(tmp_path):
     ("data.val_split.val_count=10", "data.val_split needs exactly one of per_class and val_count"),
     ("data.val_split.seed=x", "data.val_split.seed='x': expected an int like 0, got a str"),
     ("data.val_split.seed=-1", "data.val_split.seed must be an integer >= 0"),
+    ("data.val_split.per_class=0", "data.val_split.per_class must be an integer >= 1"),
 ])
 def test_recipe_values_out_of_range_are_refused(override, message):
     with pytest.raises(ValueError, match=message):

@@ -202,13 +202,17 @@ def bench_model(spec, batches: Sequence[int] = (1, 32), thread_counts: Sequence[
 
 
 def default_input_size(model: nn.Module) -> tuple:
+    """(C, H, W) the model takes: C from its first convolution (3 without one), H and W 32 for a
+    CIFAR-stem ResNet, else its ``default_input_size`` or 224."""
     from ..models.resnet import ResNet
+    if getattr(model, "default_input_size", None):
+        return tuple(model.default_input_size)
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    c = first.in_channels if first is not None else 3
     stem = getattr(model, "stem", None)
     if isinstance(model, ResNet) and stem is not None and stem[0].kernel_size == (3, 3):
-        return (3, 32, 32)
-    if hasattr(model, "patch_embed") and getattr(model, "img_size", None):
-        return (3, model.img_size, model.img_size)
-    return tuple(getattr(model, "default_input_size", (3, 224, 224)))
+        return (c, 32, 32)
+    return (c, 224, 224)
 
 
 def quick_speedup(model: nn.Module, packed: nn.Module, input_size: tuple, seconds: float = 2.0) -> dict:

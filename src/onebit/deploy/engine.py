@@ -38,7 +38,7 @@ _AVAILABLE = tuple(_C.available_paths())  # fixed for the process: the CPU does 
 _LAYOUT = {p: _C.weight_layout(p) for p in ("auto",) + _AVAILABLE}
 
 _num_threads: Optional[int] = None
-_default_path: str = "auto"  # set from ONEBIT_ENGINE_PATH below, once _check_path is defined
+_default_path: Optional[str] = None  # None: ONEBIT_ENGINE_PATH, read when a call needs it, else 'auto'
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -78,6 +78,9 @@ def set_path(path: str) -> None:
 
 
 def get_path() -> str:
+    global _default_path
+    if _default_path is None:
+        _default_path = _env_path()  # raises on a bad value, until set_path replaces it
     return _default_path
 
 
@@ -114,7 +117,8 @@ def _check_path(path: str) -> None:
 
 
 def _env_path() -> str:
-    """The default path from ONEBIT_ENGINE_PATH ('auto' when unset or empty); ValueError if bad."""
+    """The default path from ONEBIT_ENGINE_PATH ('auto' when unset or empty); ValueError if bad (when a
+    call needs the path, not at import: set_path / --engine-path override a bad value)."""
     path = os.environ.get("ONEBIT_ENGINE_PATH", "").strip() or "auto"
     try:
         _check_path(path)
@@ -123,17 +127,15 @@ def _env_path() -> str:
     return path
 
 
-_default_path = _env_path()
-
-
 def path_in_use() -> str:
     """The kernel path calls take by default: the one set (set_path, ONEBIT_ENGINE_PATH), with
     'auto' resolved to best_path()."""
-    return best_path() if _default_path == "auto" else _default_path
+    path = get_path()
+    return best_path() if path == "auto" else path
 
 
 def _resolve(path: Optional[str]) -> str:
-    path = _default_path if path is None else path
+    path = get_path() if path is None else path
     _check_path(path)
     return path
 

@@ -385,7 +385,7 @@ class PackedBinaryConv2d(_Packed):
             res = residual.numpy()
         elif rprelu is not None:
             raise ValueError("PackedBinaryConv2d: rprelu is applied only together with a residual")
-        path = engine._default_path
+        path = engine.get_path()
         a = self._arrays(path)
         nt = engine._num_threads or engine.get_num_threads()
         xbits = _bits_for_me(x, self) if fast else None
@@ -831,7 +831,7 @@ class _Resolved:
 
     def valid(self, x: torch.Tensor, link) -> bool:
         if (type(x) is not torch.Tensor or x.shape != self.shape or x.dtype is not torch.float32 or not x.is_cpu
-                or x.requires_grad or engine._default_path != self.path or link is not self.nxt):
+                or x.requires_grad or engine.get_path() != self.path or link is not self.nxt):
             return False
         for (d, n), (t, v) in zip(self.slots, self.stamp):
             if d.get(n) is not t or (t is not None and t._version != v):
@@ -923,7 +923,7 @@ def _fused_unit_class():
                         y = conv(x, residual=r, rprelu=rprelu, emit_for=nxt, bn=bn, _fusable=fusable,
                                  pre_relu=pre_relu)
                         if fusable and type(x) is torch.Tensor and not _has_hooks(conv):
-                            self.__dict__["_fused_call"] = _FusedCall(self, x, bn, rprelu, nxt, engine._default_path)
+                            self.__dict__["_fused_call"] = _FusedCall(self, x, bn, rprelu, nxt, engine.get_path())
                         return y
                     return act(conv(x, residual=r, bn=bn, _fusable=fusable, pre_relu=pre_relu))
             return BinaryUnit.forward(self, x)

@@ -52,7 +52,7 @@ class ExactAvgPool2d(nn.AvgPool2d):
             if oh >= 1 and ow >= 1:
                 from . import engine
                 return torch.from_numpy(engine._C.avgpool2d(x.numpy(), (kh, kw), (sh, sw), (oh, ow),
-                                                            engine._default_path, engine.get_num_threads()))
+                                                            engine.get_path(), engine.get_num_threads()))
         return super().forward(x)
 
 
@@ -86,7 +86,7 @@ class SeparableMaxPool2d(nn.Module):
             if oh >= 1 and ow >= 1:
                 from . import engine
                 return torch.from_numpy(engine._C.maxpool2d(x.numpy(), (kh, kw), (sh, sw), (ph, pw), (oh, ow),
-                                                            engine._default_path, engine.get_num_threads()))
+                                                            engine.get_path(), engine.get_num_threads()))
         if ph or pw:
             x = F.pad(x, (pw, pw, ph, ph), value=float("-inf"))
         h, w = x.shape[-2], x.shape[-1]

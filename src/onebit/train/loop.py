@@ -217,6 +217,7 @@ class Run:
         last = self.out / "last.pt"
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"run directory {str(self.out)!r} is a file; give --out a directory")
+        self._settle_replaced()
         self.replace_old = False  # --force over an existing run: its files go when training starts
         if resume:
             if not last.is_file():
@@ -248,17 +249,30 @@ class Run:
         if not self.started:
             if self.replace_old:
                 keep = self.out / REPLACED
-                keep.mkdir(exist_ok=True)
+                keep.mkdir()
                 for name in RUN_FILES + ("recipe.yaml",):
                     if (self.out / name).exists():
-                        if (keep / name).exists():  # the old run's copy is there (an earlier --force was killed)
-                            (self.out / name).unlink()
-                        else:
-                            os.replace(self.out / name, keep / name)
+                        os.replace(self.out / name, keep / name)
             self.made_dir = not self.out.exists()
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "recipe.yaml").write_text(yaml.safe_dump(self.recipe, sort_keys=False))
             self.started = True
+
+    def _settle_replaced(self) -> None:
+        """RUN/.replaced left by a --force run that was killed (SIGKILL, out of memory): before its
+        first checkpoint, the old run comes back; after it, the old files go."""
+        keep = self.out / REPLACED
+        if not keep.is_dir():
+            return
+        if (self.out / "last.pt").exists():
+            shutil.rmtree(keep)
+            return
+        for f in keep.iterdir():
+            os.replace(f, self.out / f.name)
+        keep.rmdir()
+        if not self.quiet:
+            print(f"{self.out}: a --force run stopped before its first checkpoint; the run it was replacing is "
+                  f"back in place", flush=True)
 
     def forget_files(self) -> None:
         """A new run that failed before its first checkpoint: remove what start_files and the first
@@ -267,11 +281,7 @@ class Run:
             for name in RUN_FILES + ("recipe.yaml",):
                 if (self.out / name).exists():
                     (self.out / name).unlink()
-            keep = self.out / REPLACED
-            if keep.is_dir():  # --force: the old run comes back
-                for f in keep.iterdir():
-                    os.replace(f, self.out / f.name)
-                keep.rmdir()
+            self._settle_replaced()  # --force: the old run comes back
             if self.made_dir and not any(self.out.iterdir()):
                 self.out.rmdir()
             self.started = False

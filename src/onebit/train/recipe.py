@@ -255,15 +255,16 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _numbers(v, positive: bool = False) -> bool:
-    return isinstance(v, list) and len(v) > 0 and all(_is_num(x) and (x > 0 or not positive) for x in v)
+def _rgb(v, positive: bool = False) -> bool:
+    """Three numbers (the loader gives RGB images: grayscale files are converted)."""
+    return isinstance(v, list) and len(v) == 3 and all(_is_num(x) and (x > 0 or not positive) for x in v)
 
 
 # keys whose default is null, so that _check_type cannot take their type from the default: (what, test)
 NULLABLE = {
     "data.root": ("a path", lambda v: isinstance(v, str) and v != ""),
-    "data.mean": ("a list of numbers, one per channel", _numbers),
-    "data.std": ("a list of positive numbers, one per channel", lambda v: _numbers(v, positive=True)),
+    "data.mean": ("a list of 3 numbers, one per RGB channel", _rgb),
+    "data.std": ("a list of 3 positive numbers, one per RGB channel", lambda v: _rgb(v, positive=True)),
     "data.n": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "data.val_n": ("an integer >= 1", lambda v: _is_int(v) and v >= 1),
     "data.num_classes": ("an integer >= 2", lambda v: _is_int(v) and v >= 2),
@@ -308,8 +309,9 @@ def check_values(recipe: dict) -> None:
         if ("per_class" in vs) == ("val_count" in vs):
             raise ValueError(f"data.val_split needs exactly one of per_class and val_count, got {vs!r}")
         for key, value in vs.items():
-            if not _is_int(value) or value < 0:
-                raise ValueError(f"data.val_split.{key} must be an integer >= 0, got {value!r}")
+            low = 0 if key == "seed" else 1  # an empty validation split would fail after the first epoch
+            if not _is_int(value) or value < low:
+                raise ValueError(f"data.val_split.{key} must be an integer >= {low}, got {value!r}")
     from ..data.transforms import RandAugment
     _check_mapping(recipe["data"]["randaugment"], "data.randaugment",
                    tuple(inspect.signature(RandAugment).parameters), "{num_ops: 2, magnitude: 9}")
