@@ -549,9 +549,10 @@ def _fold_pairs(model: nn.Module, example_input: Optional[torch.Tensor] = None) 
     A pair folds only where its owner's own forward is what runs both layers (a parent module may
     call ``seq[0]`` and ``seq[1]`` itself, with other ops between).  With an example input (given, or
     _default_example's) one forward pass shows it: every call of both layers comes from the owner's
-    forward, once per call of the owner.  Without one: BinaryUnit and BiFC pairs fold (their forward
-    is checked by class), and nn.Sequential pairs only where the Sequential is the model itself or
-    run by plain nn.Sequentials up to it; the others stay, with a PackWarning.  Layers with forward
+    forward, once per call of the owner; the pass runs only when there is such a nested Sequential
+    pair.  BinaryUnit and BiFC pairs fold without it (their forward is checked by class), and so do
+    nn.Sequential pairs where the Sequential is the model itself or run by plain nn.Sequentials up to
+    it; without an example input the others stay, with a PackWarning.  Layers with forward
     hooks, or used in more than one place, stay too."""
     from ..layers.bifc import BiFC, TokenBatchNorm
     from ..models.blocks import BinaryUnit
@@ -587,9 +588,18 @@ def _fold_pairs(model: nn.Module, example_input: Optional[torch.Tensor] = None) 
     named = dict(model.named_modules())
     names = {id(m): n for n, m in named.items()}
     uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
-    trace = None
+
+    def nested(owner) -> bool:  # an nn.Sequential whose parent (not a plain Sequential) may run its layers one by one
+        name = names[id(owner)]
+        while type(owner) is nn.Sequential and name:
+            name = name.rpartition(".")[0]
+            if type(named[name]) is not nn.Sequential:
+                return True
+        return False
+
+    trace = None  # the forward pass only where a nested Sequential's pair needs it (BinaryUnit, BiFC: by class)
     example = example_input if example_input is not None else _default_example(model)
-    if example is not None:
+    if example is not None and any(nested(owner) for owner, *_ in candidates):
         try:
             trace = _call_trace(model, example)
         except Exception as e:
@@ -599,31 +609,24 @@ def _fold_pairs(model: nn.Module, example_input: Optional[torch.Tensor] = None) 
                           f"failed ({type(e).__name__}: {str(e)[:100]}); BatchNorms in nested nn.Sequentials are "
                           f"not folded; pass example_input= to pack()", PackWarning, stacklevel=3)
 
-    def run_by_sequentials(name: str) -> bool:  # the model itself, or run by plain nn.Sequentials up to it
-        while name:
-            name = name.rpartition(".")[0]
-            if type(named[name]) is not nn.Sequential:
-                return False
-        return True
-
     def why_not(owner, layer, bn) -> str:
         for mod in (layer, bn):
             if _hook_kinds(mod):
                 return f"{names[id(mod)]!r} has {_hook_kinds(mod)}"
             if uses[id(mod)] > 1:
                 return f"{names[id(mod)]!r} is used in more than one place of the model"
-        label = repr(names[id(owner)]) if names[id(owner)] else f"the model ({type(owner).__name__})"
-        if trace is not None:
-            n_owner = trace.get(id(owner), (0, set()))[0]
-            if n_owner == 0:
-                return f"on the example input, {label} itself does not run (its parent may call its layers)"
-            for mod in (layer, bn):
-                if trace.get(id(mod), (0, set())) != (n_owner, {id(owner)}):
-                    return f"on the example input, {names[id(mod)]!r} does not run only inside {label}"
+        if not nested(owner):
             return ""
-        if type(owner) is nn.Sequential and not run_by_sequentials(names[id(owner)]):
+        label = repr(names[id(owner)])
+        if trace is None:
             return (f"without an example input, pack cannot check that nn.Sequential {label} itself runs both (its "
                     f"parent may call them one by one); pass example_input= to pack()")
+        n_owner = trace.get(id(owner), (0, set()))[0]
+        if n_owner == 0:
+            return f"on the example input, {label} itself does not run (its parent may call its layers)"
+        for mod in (layer, bn):
+            if trace.get(id(mod), (0, set())) != (n_owner, {id(owner)}):
+                return f"on the example input, {names[id(mod)]!r} does not run only inside {label}"
         return ""
 
     n = 0
