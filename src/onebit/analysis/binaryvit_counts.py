@@ -1,7 +1,7 @@
 """Complexity counters of BinaryViT's own modules (reference.md section 6).
 
 - Attention products Q K^T and P V: N x M x C multiply-adds each (N query tokens, M key
-  tokens: N / R^2 under Bi-SR-MHA), BOPs when binary (+-1 operands; P in {0, alpha_P}),
+  tokens: under Bi-SR-MHA the grid's tokens pooled by R^2 plus the unpooled cls token), BOPs when binary (+-1 operands; P in {0, alpha_P}),
   FLOPs in the full-precision twin.  Counting them reproduces Table 4's BOPs (4.51e9 for the
   baseline DeiT-S: 4.18e9 without them).
 - LayerScale and the pooling branches: 0 by default.  :data:`PAPER_VIT_FLOPS` is the
@@ -22,7 +22,8 @@ from .complexity import count_zero, per_element_flops, register_counter
 def count_attention(m: BinaryAttention, inputs, out) -> dict:
     h, grid = inputs[0], inputs[1]
     b, n, c = h.shape
-    m_tokens = n if m.reduce is None else (grid[0] // m.sr_ratio) * (grid[1] // m.sr_ratio)
+    extra = n - grid[0] * grid[1]  # the cls token, never pooled (split_extra)
+    m_tokens = n if m.reduce is None else (grid[0] // m.sr_ratio) * (grid[1] // m.sr_ratio) + extra
     macs = 2 * b * n * m_tokens * c  # Q K^T and P V over all heads
     return {"bops": macs} if isinstance(m.sign_q, RSign) else {"flops": macs}
 
