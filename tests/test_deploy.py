@@ -112,17 +112,31 @@ def test_packed_conv_threshold_edges():
         close(packed(x), layer(x))
 
 
-def test_packed_conv_threads_agree():
+def test_packed_conv_threads_agree(monkeypatch):
     layer = make_conv((64, 32, 3, 1, 1, 1, 1, True, RSIGN, "channel"))
     packed = PackedBinaryConv2d.from_layer(layer)
     x = torch.randn(2, 64, 14, 14)
+    threads = []  # the num_threads argument of each call of the engine's bound convolution
+    Bound = engine._C.BoundConv2d
+
+    class Spy:
+        def __init__(self, *a):
+            self.conv = Bound(*a)
+
+        def __call__(self, xa, xbits, num_threads, *rest):
+            threads.append(num_threads)
+            return self.conv(xa, xbits, num_threads, *rest)
+
+    monkeypatch.setattr(engine._C, "BoundConv2d", Spy)
     outs = []
     try:
-        for t in (1, 2, 3):
+        for t in (3, 1, 2):  # the first call binds the conv, later ones take the resolved call
             engine.set_num_threads(t)
+            assert engine.get_num_threads() == t
             outs.append(packed(x))
     finally:
         engine.set_num_threads(None)
+    assert threads == [3, 1, 2]  # the setting reaches the engine
     assert all(torch.equal(outs[0], o) for o in outs[1:])
     with torch.no_grad():
         close(outs[0], layer(x))

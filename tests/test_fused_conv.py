@@ -11,15 +11,27 @@ pytestmark = pytest.mark.skipif(not fused.engine_enabled(), reason="no AVX2 on t
 
 
 def run(layer, x, engine):
+    """(output, input grad, weight grad) of one step with the engine on or off; with it on, the engine's
+    binary conv must run exactly once (layer is one binary conv), with it off not at all."""
+    calls = []
+    orig = fused.binary_conv2d
+
+    def spy(*a):
+        calls.append(1)
+        return orig(*a)
+
+    fused.binary_conv2d = spy
     fused.use_engine(engine)
     try:
         x = x.clone().requires_grad_(True)
         layer.zero_grad()
         y = layer(x)
         y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        assert len(calls) == (1 if engine else 0)
         return y.detach(), x.grad, layer.weight.grad.clone()
     finally:
         fused.use_engine(True)
+        fused.binary_conv2d = orig
 
 
 # (in, out, kernel, stride, padding, dilation, groups, N, H, W): odd channel counts, K not a multiple

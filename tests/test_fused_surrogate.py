@@ -89,23 +89,44 @@ def test_bad_arguments_raise():
         engine("reste", x, x, o=2.0, m=0.5, t=0.2)
 
 
+def count_engine_calls(monkeypatch):
+    """Replace the engine's surrogate_grad by a spy that counts its calls and forwards them."""
+    calls = []
+    orig = fused._C.surrogate_grad
+
+    def spy(*a, **k):
+        calls.append(a[0])
+        return orig(*a, **k)
+
+    monkeypatch.setattr(fused._C, "surrogate_grad", spy)
+    return calls
+
+
 @needs_engine
 @pytest.mark.parametrize("name,kw", [("reste", {"o": 2.2}), ("approx_sign", {})])
-def test_binarizer_backward_uses_the_engine_and_matches_torch(name, kw):
+def test_binarizer_backward_uses_the_engine_and_matches_torch(name, kw, monkeypatch):
     b = onebit.binarize.get(name, **kw)
     x, g = data(3 * 5 * 7 * 11, seed=3)
+    own = engine(name, x, g, **kw).view(3, 5, 7, 11)  # the engine's own output for this x and g
     x = x.view(3, 5, 7, 11).requires_grad_(True)
+    calls = count_engine_calls(monkeypatch)
     b(x).backward(g.view(3, 5, 7, 11))
+    assert calls == [name]  # the float32 backward ran on the engine, once
     fast = x.grad.clone()
+    assert torch.equal(fast, own)  # bit for bit
     x.grad = None
     fused.use_engine(False)
     try:
         b(x).backward(g.view(3, 5, 7, 11))
     finally:
         fused.use_engine(True)
+    assert len(calls) == 1  # use_engine(False): torch's ops
     assert torch.allclose(fast, x.grad, rtol=1e-6, atol=0)
     if name == "approx_sign":
         assert torch.equal(fast, x.grad)
+    x64 = x.detach().double().requires_grad_(True)
+    b(x64).backward(g.double().view(3, 5, 7, 11))
+    assert len(calls) == 1  # float64: torch's ops
 
 
 @needs_engine
@@ -113,6 +134,7 @@ def test_non_contiguous_and_other_dtypes():
     grad = reste_grad(1.8)
     x, g = data(4096, seed=4)
     x2, g2 = x.view(64, 64).t(), g.view(64, 64).t()  # non-contiguous: copied, same values
+    assert fused.surrogate("reste", x2, g2, 1.8) is not None  # the engine takes it
     assert torch.allclose(grad(x2, g2), reste_grad_torch(1.8)(x2, g2), rtol=1e-6, atol=0)
     # float64 is not the engine's: torch's ops, bit for bit
     assert fused.surrogate("reste", x.double(), g.double(), 1.8) is None
