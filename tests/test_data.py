@@ -400,6 +400,33 @@ def test_mixup_and_cutmix_soft_targets():
         mixup(x.to(torch.uint8), y, 0.2, num_classes=5)
 
 
+def test_label_smoothing_closed_form():
+    """soft_targets with smoothing eps: eps / K everywhere, 1 - eps + eps / K at the label; its soft cross
+    entropy is F.cross_entropy(label_smoothing=eps); mixup and cutmix mix these smoothed rows."""
+    import torch.nn.functional as F
+    from onebit.data.transforms import soft_targets
+    K, eps = 5, 0.1
+    y = torch.tensor([0, 3, 4, 3, 1])
+    t = soft_targets(y, K, eps)
+    want = torch.full((5, K), eps / K)
+    want[torch.arange(5), y] = 1 - eps + eps / K
+    assert torch.allclose(t, want, rtol=0, atol=1e-7) and torch.allclose(t.sum(1), torch.ones(5))
+    assert t[0, 0].item() == pytest.approx(0.92) and t[0, 1].item() == pytest.approx(0.02)
+    assert torch.equal(soft_targets(y, K), F.one_hot(y, K).float())
+    z = torch.randn(5, K, generator=gen(3))
+    assert F.cross_entropy(z, t).item() == pytest.approx(F.cross_entropy(z, y, label_smoothing=eps).item(),
+                                                         rel=1e-6)
+    x = torch.randn(5, 3, 8, 8, generator=gen())
+    _, mixed = mixup(x, y, alpha=0.4, num_classes=K, generator=gen(1), smoothing=eps)
+    _, plain = mixup(x, y, alpha=0.4, num_classes=K, generator=gen(1))
+    lam = plain[0, 0].item()  # y[0] = 0 and its partner y[4] = 1: lam at class 0
+    assert torch.allclose(mixed, lam * t + (1 - lam) * t.flip(0), atol=1e-6)
+    _, mixed = cutmix(x, y, alpha=1.0, num_classes=K, generator=gen(2), smoothing=eps)
+    _, plain = cutmix(x, y, alpha=1.0, num_classes=K, generator=gen(2))
+    lam = plain[0, 0].item()
+    assert torch.allclose(mixed, lam * t + (1 - lam) * t.flip(0), atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- loader
 
 def indexed_dataset(n):

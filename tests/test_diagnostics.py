@@ -25,8 +25,19 @@ def test_flip_ratio_counts_sign_changes():
 def test_latent_histogram_counts_every_weight():
     m = onebit.create_model("bireal_resnet20")
     h = Dg.latent_histogram(m, bins=10)
-    n = sum(x.weight.numel() for _, x in Dg.binary_weight_layers(m))
-    assert sum(h["counts"]) == n and len(h["counts"]) == 10
+    assert h["lo"] == -1.5 and h["hi"] == 1.5 and len(h["counts"]) == 10
+    assert sum(h["counts"]) == 267_264  # the 18 binary 3x3 convs, counted by hand in test_models.py
+    # weights outside [lo, hi] fall in the end bins: the counts are histc of the clamped weights
+    convs = [x for x in m.modules() if isinstance(x, onebit.layers.BinaryConv2d)]
+    with torch.no_grad():
+        convs[0].weight[0, 0, 0, 0] = 5.0
+        convs[-1].weight[0, 0, 0, 0] = -5.0
+    w = torch.cat([x.weight.detach().flatten() for x in convs])
+    assert w.abs().max() == 5.0
+    want = torch.histc(w.clamp(-1.5, 1.5), bins=10, min=-1.5, max=1.5)
+    h2 = Dg.latent_histogram(m, bins=10)
+    assert h2["counts"] == [int(c) for c in want.tolist()] and sum(h2["counts"]) == 267_264
+    assert h2["counts"][0] == h["counts"][0] + 1 and h2["counts"][-1] == h["counts"][-1] + 1
 
 
 def test_indicators_closed_form():

@@ -1,6 +1,7 @@
 """Fuzzing the packed file loader: every mutated file either loads the original model or raises
 PackedFileError; no other exception, no crash.  The loop runs in a subprocess so that a crash
-(a segfault in a reader, say) fails the test instead of killing pytest.  `pytest -m slow`."""
+(a segfault in a reader, say) fails the test instead of killing pytest.  200 cases by default,
+10,000 with `pytest -m slow`."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import textwrap
 import pytest
 
 CASES = 10_000
+QUICK_CASES = 200  # the default run's share
 
 SCRIPT = textwrap.dedent(r'''
     import json, os, random, sys, tempfile
@@ -130,11 +132,22 @@ SCRIPT = textwrap.dedent(r'''
 ''')
 
 
-@pytest.mark.slow
-def test_fuzz_packed_file_loader(tmp_path):
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(CASES), "1234", str(tmp_path)], capture_output=True,
-                          text=True, timeout=3000)
+def fuzz(tmp_path, cases, seed, timeout):
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(cases), str(seed), str(tmp_path)], capture_output=True,
+                          text=True, timeout=timeout)
     assert proc.returncode == 0, f"fuzz subprocess died (rc {proc.returncode}): {proc.stderr[-2000:]}"
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res["cases"] == CASES and res["error"] + res["loaded_equal"] == CASES, res
+    assert res["cases"] == cases and res["error"] + res["loaded_equal"] == cases, res
     assert res["n_failures"] == 0, res["failures"]
+    return res
+
+
+@pytest.mark.slow
+def test_fuzz_packed_file_loader(tmp_path):
+    fuzz(tmp_path, CASES, 1234, 3000)
+
+
+def test_fuzz_packed_file_loader_quick(tmp_path):
+    """The same fuzzer with 200 cases (a seed of its own), for the default run."""
+    res = fuzz(tmp_path, QUICK_CASES, 4321, 300)
+    assert res["error"] > QUICK_CASES // 2  # most mutations are caught, not loaded

@@ -128,14 +128,41 @@ def test_progress_reaches_layer_estimators():
     assert conv.input_binarizer.o == pytest.approx(3.0) and conv.weight_binarizer.o == pytest.approx(4.0)
 
 
-@pytest.mark.slow
-def test_torch_compile_matches_eager_without_graph_breaks():
-    import torch._dynamo as dynamo
+def _compile_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         BinaryConv2d(3, 8, 3, padding=1, bias=False, input_binarizer="reste", weight_binarizer="clipped_ste"),
         torch.nn.BatchNorm2d(8), BinaryConv2d(8, 8, 3, padding=1, input_binarizer="rsign"))
-    x = torch.randn(2, 3, 8, 8)
+    return model, torch.randn(2, 3, 8, 8)
+
+
+def test_torch_compile_without_graph_breaks_aot_eager():
+    """The default-run half of the test below: no graph breaks, and with backend="aot_eager" (dynamo's
+    graph through AOTAutograd, without inductor's code generation) the values and gradients are eager's."""
+    import torch._dynamo as dynamo
+    model, x = _compile_model()
+    assert dynamo.explain(model)(x).graph_break_count == 0
+    compiled = torch.compile(model, backend="aot_eager")
+    compiled(x).sum().backward()  # trains
+    model.eval()  # values compared in eval mode, as below
+    compiled = torch.compile(model, backend="aot_eager")
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    model.zero_grad()
+    ye = model(xe)
+    ye.square().sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    yc = compiled(xc)
+    yc.square().sum().backward()
+    assert torch.allclose(yc, ye, atol=1e-5) and torch.allclose(xc.grad, xe.grad, rtol=1e-4, atol=1e-5)
+    for p, g in zip(model.parameters(), eager_grads):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_without_graph_breaks():
+    import torch._dynamo as dynamo
+    model, x = _compile_model()
     assert dynamo.explain(model)(x).graph_break_count == 0
     compiled = torch.compile(model)
     compiled(x).sum().backward()  # trains

@@ -63,6 +63,42 @@ def test_cifar_resnet20_counts():
     assert isinstance(m.stages[1][0][0].shortcut, ZeroPadShortcut)
 
 
+def react_extra(depths, widths, w0):
+    """What ReActNet adds to the Bi-Real count: per binary unit (2 per basic block) an RSign shift
+    per input channel and RPReLU's shift_in, slope and shift_out per output channel."""
+    total, cin = 0, w0
+    for d, w in zip(depths, widths):
+        for _ in range(2 * d):
+            total += cin + 3 * w
+            cin = w
+    return total
+
+
+def test_reactnet_resnet20_counts():
+    # bireal_resnet20 (269,722, counted above) + per unit C_in (RSign) + 3 C_out (RPReLU):
+    #   stage 1: 6 units 16 -> 16:                    6 x (16 + 48)          =   384
+    #   stage 2: 16 -> 32, then 5 units 32 -> 32:     (16 + 96) + 5 x 128    =   752
+    #   stage 3: 32 -> 64, then 5 units 64 -> 64:     (32 + 192) + 5 x 256   = 1,504
+    # 2,640 in all; the binary conv weights, BNs, zero-pad shortcuts, stem and fc are Bi-Real's.
+    assert react_extra((3, 3, 3), (16, 32, 64), 16) == 384 + 752 + 1_504 == 2_640
+    m = onebit.create_model("reactnet_resnet20")
+    assert n_params(m) == 269_722 + 2_640 == 272_362
+    assert sum(x.weight.numel() for x in m.modules() if isinstance(x, BinaryConv2d)) == 267_264
+
+
+@pytest.mark.parametrize("name,depths,bireal,extra", [
+    # stage 1: 4 x (64 + 192) = 1,024; stage 2: (64 + 384) + 3 x 512 = 1,984;
+    # stage 3: (128 + 768) + 3 x 1,024 = 3,968; stage 4: (256 + 1,536) + 3 x 2,048 = 7,936
+    ("reactnet_resnet18", (2, 2, 2, 2), 11_689_512, 14_912),
+    # stage 1: 6 x 256 = 1,536; stage 2: 448 + 7 x 512 = 4,032; stage 3: 896 + 11 x 1,024 = 12,160;
+    # stage 4: 1,792 + 5 x 2,048 = 12,032
+    ("reactnet_resnet34", (3, 4, 6, 3), 21_797_672, 29_760)])
+def test_reactnet_imagenet_resnet_parameter_counts(name, depths, bireal, extra):
+    assert hand_count_bireal_imagenet(depths) == bireal
+    assert react_extra(depths, (64, 128, 256, 512), 64) == extra
+    assert n_params(onebit.create_model(name)) == bireal + extra
+
+
 def test_reactnet_style_uses_rsign_and_rprelu():
     m = onebit.create_model("reactnet_resnet18")
     unit = m.stages[0][0][0]

@@ -154,6 +154,25 @@ def test_evaluate_closed_form():
 
 @pytest.mark.slow
 def test_compiled_teacher_gives_the_eager_teachers_logits():
+    _check_compiled_teacher_gives_the_eager_teachers_logits()
+
+
+def test_compiled_teacher_gives_the_eager_teachers_logits_aot_eager(monkeypatch):
+    """The same with Teacher's torch.compile forced to backend="aot_eager" (dynamo's tracing and guards,
+    without inductor's code generation): fast enough for the default run."""
+    compile_ = torch.compile
+    calls = []
+
+    def aot_eager(model, **kw):
+        calls.append(kw)
+        return compile_(model, **{**kw, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    _check_compiled_teacher_gives_the_eager_teachers_logits()
+    assert calls == [{}]  # the teacher was compiled once, with the default backend asked for
+
+
+def _check_compiled_teacher_gives_the_eager_teachers_logits():
     torch.manual_seed(0)
     net = onebit.create_model("resnet20")
     eager, compiled = Teacher(net), Teacher(net, compile=True)
@@ -846,14 +865,45 @@ def test_cli_eval_writes_confusion_png(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_metrics_carry_flip_ratio_histograms_and_indicators(tmp_path):
+def test_metrics_carry_flip_ratio_histograms_and_indicators(tmp_path, monkeypatch):
+    """The logged diagnostics, recomputed by hand: flip ratio from the latent weights at the start and
+    end of each epoch, and the last epoch's indicators (at o = 3, the end of the schedule) and histogram
+    from the weights saved in last.pt."""
+    from onebit.layers import BinaryConv2d
+    from onebit.train import diagnostics as Dg
+    weights = []  # the binary convs' latent weights whenever the loop takes a sign snapshot
+    snapshot = Dg.sign_snapshot
+
+    def spy(model):
+        weights.append(torch.cat([m.weight.detach().flatten().clone() for m in model.modules()
+                                  if isinstance(m, BinaryConv2d)]))
+        return snapshot(model)
+
+    monkeypatch.setattr(Dg, "sign_snapshot", spy)
     out = tmp_path / "run"
     train(load_recipe(str(tiny_recipe(tmp_path, epochs=2, indicators=True))), out, quiet=True)
     r = rows(out)
-    assert all(0.0 <= x["flip_ratio"] <= 1.0 for x in r) and r[0]["flip_ratio"] > 0
-    assert all("estimating_error" in x and "gradient_instability" in x for x in r)
+    assert len(weights) == 4  # start and end of each epoch
+    for i, x in enumerate(r):
+        a, b = weights[2 * i], weights[2 * i + 1]
+        assert x["flip_ratio"] == pytest.approx(((a >= 0) != (b >= 0)).sum().item() / a.numel(), abs=1e-12)
+    assert r[0]["flip_ratio"] > 0
+    model, _ = C.load_model(out / "last.pt")
+    w = torch.cat([m.weight.detach().flatten() for m in model.modules() if isinstance(m, BinaryConv2d)])
+    assert torch.equal(w, weights[-1]) and w.numel() == 267_264
+    # ReSTE at o = 3 (t = 1.5, m = 0.1), by hand in float64: f(x) = sign(x) |x|^(1/3) on x clipped to t;
+    # gradient 0 beyond t, (1/3) |x|^(-2/3) on (m, t], the chord slope m^(1/3) / m on [0, m]
+    assert r[-1]["reste_o"] == pytest.approx(3.0)
+    x = w.double()
+    xc, a, sgn = x.clamp(-1.5, 1.5), x.abs(), torch.where(x >= 0, 1.0, -1.0).double()
+    err = (sgn - sgn * xc.abs() ** (1 / 3)).abs().mean().item()
+    g = torch.where(a <= 0.1, 0.1 ** (1 / 3) / 0.1, a.clamp(min=0.1) ** (-2 / 3) / 3).masked_fill(a > 1.5, 0.0)
+    assert r[-1]["estimating_error"] == pytest.approx(err, rel=1e-9)
+    assert r[-1]["gradient_instability"] == pytest.approx(g.var().item(), rel=1e-9)
     hist = [json.loads(l) for l in (out / "histograms.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in hist] == [1, 2] and sum(hist[0]["counts"]) > 0
+    assert [h["epoch"] for h in hist] == [1, 2]
+    counts = torch.histc(w.clamp(-1.5, 1.5), bins=60, min=-1.5, max=1.5)
+    assert hist[-1]["counts"] == [int(c) for c in counts.tolist()] and sum(hist[-1]["counts"]) == 267_264
 
 
 def test_resume_may_change_data_root_and_threads_only(tmp_path, capsys):
@@ -896,6 +946,16 @@ def test_eval_val_split_is_the_runs_own_holdout(tmp_path, capsys):
 def test_compiled_forward_follows_the_estimator_schedule():
     """torch.compile (train.compile) guards on the estimators: after set_progress moves ReSTE's o,
     the compiled model's gradients are the eager model's at the new o, not stale ones."""
+    _check_compiled_forward_follows_the_estimator_schedule("inductor")
+
+
+def test_compiled_forward_follows_the_estimator_schedule_aot_eager():
+    """The same with backend="aot_eager" (the guards and retracing are dynamo's, not inductor's): fast
+    enough for the default run."""
+    _check_compiled_forward_follows_the_estimator_schedule("aot_eager")
+
+
+def _check_compiled_forward_follows_the_estimator_schedule(backend):
     from onebit.binarize import set_progress
     from onebit.layers import BinaryConv2d
     torch.manual_seed(0)
@@ -904,7 +964,7 @@ def test_compiled_forward_follows_the_estimator_schedule():
                             BinaryConv2d(8, 8, 3, padding=1, input_binarizer=spec, weight_binarizer=spec),
                             torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 4))
     x = torch.randn(4, 3, 8, 8)
-    compiled = torch.compile(m)
+    compiled = torch.compile(m, backend=backend)
 
     def grads(f):
         m.zero_grad()
