@@ -226,3 +226,14 @@ def test_unknown_model_error_counts_what_list_models_prints():
 def test_unknown_model_option_is_named():
     with pytest.raises(ValueError, match="model 'bireal_resnet20' takes no option 'nokey'"):
         onebit.create_model("bireal_resnet20", nokey=1)
+
+
+def test_subpackages_reachable_after_a_plain_import():
+    """`import onebit` alone gives onebit.deploy.pack, onebit.analysis.complexity, ... (loaded on first use)."""
+    import subprocess
+    import sys
+    code = ("import onebit, sys; assert 'onebit.deploy' not in sys.modules; "
+            "print(all(callable(f) for f in (onebit.deploy.pack, onebit.analysis.complexity, onebit.data.build_dataset, "
+            "onebit.train.train, onebit.zoo.load)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr[-1500:]

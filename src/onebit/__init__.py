@@ -10,7 +10,7 @@ from .models import create_model, list_models
 
 __version__ = "0.1.0"
 
-_LAZY = ("analysis", "data", "train", "zoo")
+_LAZY = ("analysis", "data", "deploy", "train", "zoo")
 
 
 def __getattr__(name):  # heavier sub-packages load on first use: onebit.analysis.complexity(...)
