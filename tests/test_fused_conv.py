@@ -1,4 +1,6 @@
 """BinaryConv2d's training forward on the engine: torch's conv bit for bit, torch's gradients."""
+import contextlib
+
 import pytest
 import torch
 
@@ -10,9 +12,9 @@ from onebit.layers import fused_conv
 pytestmark = pytest.mark.skipif(not fused.engine_enabled(), reason="no AVX2 on this CPU: torch's conv runs")
 
 
-def run(layer, x, engine):
-    """(output, input grad, weight grad) of one step with the engine on or off; with it on, the engine's
-    binary conv must run exactly once (layer is one binary conv), with it off not at all."""
+@contextlib.contextmanager
+def engine_calls():
+    """Counts the calls of the engine's binary convolution (fused.binary_conv2d) inside the block."""
     calls = []
     orig = fused.binary_conv2d
 
@@ -21,17 +23,26 @@ def run(layer, x, engine):
         return orig(*a)
 
     fused.binary_conv2d = spy
+    try:
+        yield calls
+    finally:
+        fused.binary_conv2d = orig
+
+
+def run(layer, x, engine):
+    """(output, input grad, weight grad) of one step with the engine on or off; with it on, the engine's
+    binary conv must run exactly once (layer is one binary conv), with it off not at all."""
     fused.use_engine(engine)
     try:
-        x = x.clone().requires_grad_(True)
-        layer.zero_grad()
-        y = layer(x)
-        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        with engine_calls() as calls:
+            x = x.clone().requires_grad_(True)
+            layer.zero_grad()
+            y = layer(x)
+            y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
         assert len(calls) == (1 if engine else 0)
         return y.detach(), x.grad, layer.weight.grad.clone()
     finally:
         fused.use_engine(True)
-        fused.binary_conv2d = orig
 
 
 # (in, out, kernel, stride, padding, dilation, groups, N, H, W): odd channel counts, K not a multiple
@@ -98,15 +109,7 @@ def test_a_training_step_is_unchanged():
 
 def test_engine_is_used_only_for_signs():
     x = torch.randn(1, 4, 5, 5)
-    calls = []
-    orig = fused.binary_conv2d
-
-    def spy(*a):
-        calls.append(1)
-        return orig(*a)
-
-    fused.binary_conv2d = spy
-    try:
+    with engine_calls() as calls:
         BinaryConv2d(4, 4, 3, padding=1)(x)
         assert len(calls) == 1
         for layer in [
@@ -124,8 +127,6 @@ def test_engine_is_used_only_for_signs():
         rsign = BinaryConv2d(4, 4, 3, padding=1, input_binarizer={"name": "rsign", "estimator": "approx_sign"})
         rsign(x)
         assert len(calls) == 3
-    finally:
-        fused.binary_conv2d = orig
 
 
 def test_outputs_signs():
