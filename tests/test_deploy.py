@@ -545,6 +545,14 @@ def test_fused_call_follows_every_change(monkeypatch, fold_bn, link_bits):
     assert seen                                                 # hooks on the conv still run
     handle.remove()
     check(changed=False)                                        # resolved again, on the default path
+    for name in ("bn", "act", "pre_bn_act"):                    # modules the epilogue computes in place of
+        seen.clear()                                            # calling them: a hook added now must run
+        handle = getattr(u, name).register_forward_hook(lambda mod, inp, out: seen.append(1) or out * 2)
+        check()
+        assert seen
+        handle.remove()
+        check()
+    check(changed=False)
     check.on_portable_path(lambda: u.__dict__["_fused_call"])
     check.new_input(torch.randn(3, 3, 32, 32))                  # another batch size
     check(changed=False)

@@ -857,7 +857,8 @@ class _Resolved:
 class _FusedCall(_Resolved):
     """A PackedBinaryUnit's fused call (residual add, BatchNorm, RPReLU in the epilogue) resolved:
     besides what _Resolved checks, the unit's children are the same modules, the BatchNorm's and
-    RPReLU's tensors unchanged, the BatchNorm's mode and eps the same, and no hook is on the conv.
+    RPReLU's tensors unchanged, the BatchNorm's mode and eps the same, and no hook is on the conv or
+    on a module the epilogue computes (BatchNorm, activation, pre-BN ReLU; _epilogue_hooked).
     Otherwise __call__ returns None, the unit drops it and takes its full path, which makes a new
     one where the call fuses."""
 
@@ -884,7 +885,7 @@ class _FusedCall(_Resolved):
         if (m["conv"] is not conv or m["bn"] is not bnm or m["shortcut"] is not sc or m["act"] is not act
                 or m["pre_bn_act"] is not pre):
             return None
-        if (_has_hooks(conv) or (self.bn is not None and (bnm.training or bnm.eps != self.eps))
+        if (_epilogue_hooked(unit) or (self.bn is not None and (bnm.training or bnm.eps != self.eps))
                 or not self.valid(x, unit.__dict__.get("_emit_for"))):
             return None
         r = x if self.identity_sc else sc(x)
@@ -892,6 +893,15 @@ class _FusedCall(_Resolved):
                 or r.shape != self.out_shape or not r.is_contiguous()):
             return None
         return self.run(x, r.numpy(), self.rprelu, self.bn, self.pre_relu)
+
+
+def _epilogue_hooked(unit: nn.Module, conv: bool = True) -> bool:
+    """True when a hook is on a module of the unit that the fused epilogue computes instead of calling
+    it (its BatchNorm, activation, pre-BN ReLU; and the conv when ``conv``): the unit then takes
+    BinaryUnit's path, which calls each module and so runs its hooks."""
+    m = unit._modules
+    return any(mod is not None and _has_hooks(mod) for mod in (m["bn"], m["act"], m["pre_bn_act"],
+                                                                 m["conv"] if conv else None))
 
 
 def _fused_unit_class():
@@ -913,7 +923,7 @@ def _fused_unit_class():
                     return y
                 del self.__dict__["_fused_call"]
             conv, pre_relu = self.conv, _pre_relu(self.pre_bn_act)
-            if type(conv) is PackedBinaryConv2d and pre_relu is not None:
+            if type(conv) is PackedBinaryConv2d and pre_relu is not None and not _epilogue_hooked(self, conv=False):
                 bn = None if type(self.bn) is nn.Identity else _bn_epilogue(self.bn)
                 if bn is not None or type(self.bn) is nn.Identity:
                     sc = self.shortcut
