@@ -545,11 +545,12 @@ def test_fused_call_follows_every_change(monkeypatch, fold_bn, link_bits):
     assert seen                                                 # hooks on the conv still run
     handle.remove()
     check(changed=False)                                        # resolved again, on the default path
-    for name in ("bn", "act", "pre_bn_act"):                    # modules the epilogue computes in place of
-        seen.clear()                                            # calling them: a hook added now must run
-        handle = getattr(u, name).register_forward_hook(lambda mod, inp, out: seen.append(1) or out * 2)
+    for name in ("bn", "act", "pre_bn_act", "shortcut", "conv"):  # children the fused path computes in place
+        seen.clear()                                                # of calling them: a hook added now must run,
+        handle = getattr(u, name).register_forward_hook(            # and a conv's hook see the conv's own output
+            lambda mod, inp, out: seen.append(name != "conv" or torch.equal(out, mod.forward(inp[0]))) or out * 2)
         check()
-        assert seen
+        assert seen and all(seen)
         handle.remove()
         check()
     check(changed=False)
@@ -1030,3 +1031,18 @@ def test_fold_bn_still_folds_every_registry_pair(name, kw):
         warnings.simplefilter("error")
         packed = pack(model, fold_bn=True)
     assert not any(type(m) is nn.BatchNorm2d for m in packed.modules())
+
+
+def test_bench_times_fused_units_as_they_deploy(monkeypatch):
+    """onebit bench's per-layer pass hooks leaves; a fused unit is one (its children's hooks would unfuse it)."""
+    from onebit.deploy.bench import time_layers
+    from onebit.models.blocks import BinaryUnit
+    torch.manual_seed(0)
+    packed = pack(randomize(onebit.create_model("reactnet_resnet20"), seed=3).eval(), fold_bn=True)
+    unfused = []
+    forward = BinaryUnit.forward
+    monkeypatch.setattr(BinaryUnit, "forward", lambda self, x: unfused.append(1) or forward(self, x))
+    layers = time_layers(packed, torch.randn(1, 3, 32, 32), repeats=2, warmup=1)
+    assert not unfused  # every unit took its fused path while timed
+    kinds = {kind for kind, _ in layers.values()}
+    assert "PackedBinaryUnit" in kinds and "RPReLU" not in kinds

@@ -575,7 +575,7 @@ def test_cli_bench_quick(tmp_path, capsys):
     run = res["runs"][0]
     assert run["batch"] == 1 and run["threads"] == 1 and run["packed_ms"] > 0 and run["float32_ms"] > 0
     assert res["twin"] == "resnet20" and run["resnet20_ms"] > 0
-    assert any(v[0] == "PackedBinaryConv2d" for v in run["layers"]["packed"].values())
+    assert any(v[0] == "PackedBinaryUnit" for v in run["layers"]["packed"].values())  # fused, as deployed
     assert out.with_suffix(".md").is_file() and "speed-up" in text
     assert res["fold_bn"] is True
     kept = out.read_text()  # a rerun into the same file is refused unless --force

@@ -1,9 +1,9 @@
 """Complexity counters of BinaryViT's own modules (reference.md section 6).
 
 - Attention products Q K^T and P V: N x M x C multiply-adds each (N query tokens, M key
-  tokens: under Bi-SR-MHA the grid's tokens pooled by R^2 plus the unpooled cls token), BOPs when binary (+-1 operands; P in {0, alpha_P}),
-  FLOPs in the full-precision twin.  Counting them reproduces Table 4's BOPs (4.51e9 for the
-  baseline DeiT-S: 4.18e9 without them).
+  tokens: under Bi-SR-MHA the grid's tokens pooled by R^2, plus the unpooled cls token), BOPs
+  when binary (+-1 operands; P in {0, alpha_P}), FLOPs in the full-precision twin.  Counting
+  them reproduces Table 4's BOPs (4.51e9 for the baseline DeiT-S: 4.18e9 without them).
 - LayerScale and the pooling branches: 0 by default.  :data:`PAPER_VIT_FLOPS` is the
   convention that reproduces Table 4's BinaryViT FLOPs (0.19e8) and OPs (0.79e8): one FLOP
   per output element for each of the four pooling branches and for each LayerScale multiply

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..layers.binary import BinaryConv2d, BinaryLayer, BinaryLinear
 from . import engine
-from .packed import _Packed, pack
+from .packed import _fused_unit, _Packed, pack
 from .quant import _Int8
 
 
@@ -86,11 +86,14 @@ def _time_grid(variants: dict, inputs: list, thread_counts: Sequence[int], repea
 
 
 def _units(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Leaf modules (binary, packed and int8 layers count as leaves), nn.Identity left out."""
+    """Leaf modules (binary, packed and int8 layers count as leaves, and so do fused units: their conv,
+    BatchNorm, shortcut add and activation run as one engine call, and hooks on their children would
+    unfuse them), nn.Identity left out."""
     out = []
+    leaves = (BinaryLayer, _Packed, _Int8, _fused_unit())
 
     def visit(name, m):
-        if isinstance(m, (BinaryLayer, _Packed, _Int8)) or not list(m.children()):
+        if isinstance(m, leaves) or not list(m.children()):
             if type(m) is not nn.Identity:
                 out.append((name, m))
             return

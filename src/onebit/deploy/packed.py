@@ -857,8 +857,8 @@ class _Resolved:
 class _FusedCall(_Resolved):
     """A PackedBinaryUnit's fused call (residual add, BatchNorm, RPReLU in the epilogue) resolved:
     besides what _Resolved checks, the unit's children are the same modules, the BatchNorm's and
-    RPReLU's tensors unchanged, the BatchNorm's mode and eps the same, and no hook is on the conv or
-    on a module the epilogue computes (BatchNorm, activation, pre-BN ReLU; _epilogue_hooked).
+    RPReLU's tensors unchanged, the BatchNorm's mode and eps the same, and no hook on the unit's
+    children (it calls none of them as a module) nor a global one.
     Otherwise __call__ returns None, the unit drops it and takes its full path, which makes a new
     one where the call fuses."""
 
@@ -885,7 +885,8 @@ class _FusedCall(_Resolved):
         if (m["conv"] is not conv or m["bn"] is not bnm or m["shortcut"] is not sc or m["act"] is not act
                 or m["pre_bn_act"] is not pre):
             return None
-        if (_epilogue_hooked(unit) or (self.bn is not None and (bnm.training or bnm.eps != self.eps))
+        if (_has_hooks(conv) or _epilogue_hooked(unit)
+                or (self.bn is not None and (bnm.training or bnm.eps != self.eps))
                 or not self.valid(x, unit.__dict__.get("_emit_for"))):
             return None
         r = x if self.identity_sc else sc(x)
@@ -895,13 +896,21 @@ class _FusedCall(_Resolved):
         return self.run(x, r.numpy(), self.rprelu, self.bn, self.pre_relu)
 
 
-def _epilogue_hooked(unit: nn.Module, conv: bool = True) -> bool:
-    """True when a hook is on a module of the unit that the fused epilogue computes instead of calling
-    it (its BatchNorm, activation, pre-BN ReLU; and the conv when ``conv``): the unit then takes
-    BinaryUnit's path, which calls each module and so runs its hooks."""
-    m = unit._modules
-    return any(mod is not None and _has_hooks(mod) for mod in (m["bn"], m["act"], m["pre_bn_act"],
-                                                                 m["conv"] if conv else None))
+def _epilogue_hooked(unit: nn.Module) -> bool:
+    """True when a hook would see the fused path compute something other than what it hooks: a global
+    module hook, any hook on a child the fused path computes in place of calling it (BatchNorm,
+    activation, pre-BN ReLU, an identity shortcut), or a forward hook on the conv (the fused call
+    returns the unit's output, not the conv's).  The unit then takes BinaryUnit's path, which calls
+    each child as a module.  (The full fused path calls the conv as a module with the unit's input,
+    so the conv's pre-hooks run there as they would unfused.)"""
+    if (_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
+            or _nn_module._global_backward_hooks or _nn_module._global_backward_pre_hooks):
+        return True
+    conv = unit._modules.get("conv")
+    if conv is not None and (conv._forward_hooks or conv._backward_hooks or conv._backward_pre_hooks):
+        return True
+    return any(m is not None and m is not conv and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                                                    or m._backward_pre_hooks) for m in unit._modules.values())
 
 
 def _fused_unit_class():
@@ -923,7 +932,7 @@ def _fused_unit_class():
                     return y
                 del self.__dict__["_fused_call"]
             conv, pre_relu = self.conv, _pre_relu(self.pre_bn_act)
-            if type(conv) is PackedBinaryConv2d and pre_relu is not None and not _epilogue_hooked(self, conv=False):
+            if type(conv) is PackedBinaryConv2d and pre_relu is not None and not _epilogue_hooked(self):
                 bn = None if type(self.bn) is nn.Identity else _bn_epilogue(self.bn)
                 if bn is not None or type(self.bn) is nn.Identity:
                     sc = self.shortcut
@@ -979,7 +988,7 @@ def _fuse_units(model: nn.Module) -> int:
     for m in model.modules():
         if (type(m) is BinaryUnit and type(m._modules.get("conv")) is PackedBinaryConv2d
                 and _pre_relu(m._modules.get("pre_bn_act")) is not None
-                and not any(_hook_kinds(c) for c in m.children() if c is not m._modules.get("shortcut"))
+                and not any(_hook_kinds(c) for c in m.children())
                 and (type(m._modules.get("bn")) is nn.Identity or _bn_epilogue(m._modules.get("bn")) is not None)):
             m.__class__ = unit_cls
             n += 1
