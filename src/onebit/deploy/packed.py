@@ -897,20 +897,16 @@ class _FusedCall(_Resolved):
 
 
 def _epilogue_hooked(unit: nn.Module) -> bool:
-    """True when a hook would see the fused path compute something other than what it hooks: a global
-    module hook, any hook on a child the fused path computes in place of calling it (BatchNorm,
-    activation, pre-BN ReLU, an identity shortcut), or a forward hook on the conv (the fused call
-    returns the unit's output, not the conv's).  The unit then takes BinaryUnit's path, which calls
-    each child as a module.  (The full fused path calls the conv as a module with the unit's input,
-    so the conv's pre-hooks run there as they would unfused.)"""
-    if (_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks
-            or _nn_module._global_backward_hooks or _nn_module._global_backward_pre_hooks):
-        return True
+    """True when a hook would see the fused path compute something other than what it hooks: any hook
+    on a child the fused path computes in place of calling it (BatchNorm, activation, pre-BN ReLU, an
+    identity shortcut), a global module hook (_has_hooks), or a forward hook on the conv (the fused
+    call returns the unit's output, not the conv's).  The unit then takes BinaryUnit's path, which
+    calls each child as a module.  (The full fused path calls the conv as a module with the unit's
+    input, so the conv's pre-hooks run there as they would unfused.)"""
     conv = unit._modules.get("conv")
     if conv is not None and (conv._forward_hooks or conv._backward_hooks or conv._backward_pre_hooks):
         return True
-    return any(m is not None and m is not conv and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-                                                    or m._backward_pre_hooks) for m in unit._modules.values())
+    return any(m is not None and m is not conv and _has_hooks(m) for m in unit._modules.values())
 
 
 def _fused_unit_class():
