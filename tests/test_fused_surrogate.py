@@ -89,27 +89,14 @@ def test_bad_arguments_raise():
         engine("reste", x, x, o=2.0, m=0.5, t=0.2)
 
 
-def count_engine_calls(monkeypatch):
-    """Replace the engine's surrogate_grad by a spy that counts its calls and forwards them."""
-    calls = []
-    orig = fused._C.surrogate_grad
-
-    def spy(*a, **k):
-        calls.append(a[0])
-        return orig(*a, **k)
-
-    monkeypatch.setattr(fused._C, "surrogate_grad", spy)
-    return calls
-
-
 @needs_engine
 @pytest.mark.parametrize("name,kw", [("reste", {"o": 2.2}), ("approx_sign", {})])
-def test_binarizer_backward_uses_the_engine_and_matches_torch(name, kw, monkeypatch):
+def test_binarizer_backward_uses_the_engine_and_matches_torch(name, kw, count_calls):
     b = onebit.binarize.get(name, **kw)
     x, g = data(3 * 5 * 7 * 11, seed=3)
     own = engine(name, x, g, **kw).view(3, 5, 7, 11)  # the engine's own output for this x and g
     x = x.view(3, 5, 7, 11).requires_grad_(True)
-    calls = count_engine_calls(monkeypatch)
+    calls = count_calls(fused._C, "surrogate_grad")
     b(x).backward(g.view(3, 5, 7, 11))
     assert calls == [name]  # the float32 backward ran on the engine, once
     fast = x.grad.clone()

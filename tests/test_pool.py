@@ -22,22 +22,9 @@ VARIANTS = {
 }
 
 
-def count_engine_calls(monkeypatch, name):
-    """Replace the engine's pool ``name`` (what the pool modules call) by a spy that counts its calls."""
-    calls = []
-    orig = getattr(engine._C, name)
-
-    def spy(*a):
-        calls.append(1)
-        return orig(*a)
-
-    monkeypatch.setattr(engine._C, name, spy)
-    return calls
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("k,s,p,h,w", POOL_CASES)
-def test_separable_max_pool_is_exact(k, s, p, h, w, variant, monkeypatch):
+def test_separable_max_pool_is_exact(k, s, p, h, w, variant, count_calls):
     torch.manual_seed(0)
     pool = nn.MaxPool2d(k, s, p)
     x = torch.randn(2, 5, h, w)
@@ -46,7 +33,7 @@ def test_separable_max_pool_is_exact(k, s, p, h, w, variant, monkeypatch):
     x = VARIANTS[variant](x)
     if variant in ("channels_last", "strided_view") and min(h, w) > 1:
         assert not x.is_contiguous()  # so the engine path is really skipped
-    calls = count_engine_calls(monkeypatch, "maxpool2d")
+    calls = count_calls(engine._C, "maxpool2d")
     got, want = SeparableMaxPool2d.from_pool(pool)(x), pool(x)
     assert len(calls) == (variant == "engine")  # the engine runs for the engine variant only
     assert got.dtype == want.dtype and got.requires_grad == want.requires_grad
@@ -74,11 +61,11 @@ def test_separable_max_pool_gradient_is_exact(k, s, p, h, w):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 @pytest.mark.parametrize("k,s,h,w", [(2, 2, 8, 8), (2, 2, 7, 9), (3, 2, 9, 10), ((2, 3), (1, 2), 6, 7),
                                      (3, None, 9, 9), (1, 1, 3, 4)])
-def test_exact_avg_pool_is_exact(k, s, h, w, variant, monkeypatch):
+def test_exact_avg_pool_is_exact(k, s, h, w, variant, count_calls):
     torch.manual_seed(0)
     pool = nn.AvgPool2d(k, s)
     x = VARIANTS[variant](torch.randn(2, 5, h, w))
-    calls = count_engine_calls(monkeypatch, "avgpool2d")
+    calls = count_calls(engine._C, "avgpool2d")
     got, want = ExactAvgPool2d.from_pool(pool)(x), pool(x)
     assert len(calls) == (variant == "engine")  # the engine runs for the engine variant only
     assert got.dtype == want.dtype and got.requires_grad == want.requires_grad
