@@ -24,8 +24,8 @@ ReSTE, a hard progressive binarizer; RSign over one of those; for the weights, a
 output is exactly +-1).  It keeps as they are: layers with real inputs or real weights (nothing to
 pack), and, with a :class:`PackWarning`, binary layers it does not know (other BinaryLayer classes,
 subclasses overriding forward or a method it calls, unknown binarizers, weights not exactly +-1),
-layers with forward hooks and leaf layers of classes from neither torch nor onebit (kept in float32
-PyTorch): never silently wrong.
+layers with forward hooks, and layers of classes from neither torch nor onebit that are leaves or hold
+parameters of their own (kept in float32 PyTorch): never silently wrong.
 """
 from __future__ import annotations
 
@@ -1019,8 +1019,8 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     """A copy of ``model`` (eval mode) with every packable binary layer replaced by its packed twin.
 
     Packs BinaryConv2d / BinaryLinear with binary inputs and weights; keeps layers with real inputs
-    or weights; keeps, with a PackWarning, binary layers it cannot reproduce exactly and leaf layers of
-    classes from neither torch nor onebit (in float32).  Raises
+    or weights; keeps, with a PackWarning, binary layers it cannot reproduce exactly and layers of
+    classes from neither torch nor onebit that are leaves or hold their own parameters (in float32).  Raises
     ValueError (naming the layer) if the model or a binary layer is in training mode.
     ``fold_bn=True`` also folds eval BatchNorms that directly follow a packed layer (BinaryUnit,
     BiFC, nn.Sequential neighbours) into its scale and bias and replaces them by nn.Identity, where
@@ -1083,16 +1083,20 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     _swap_pools(out)
     from .attention import swap_attention
     swap_attention(out)
-    _warn_unknown_leaves(out)
+    _warn_unknown_layers(out)
     return out
 
 
-def _warn_unknown_leaves(model: nn.Module) -> None:
-    """A PackWarning for each leaf module of a class from neither torch nor onebit (the user's own
-    layers): pack() leaves it as it is, in float32 PyTorch.  BinaryLayers were warned about above."""
+def _warn_unknown_layers(model: nn.Module) -> None:
+    """A PackWarning for each module of a class from neither torch nor onebit (the user's own layers)
+    that is a leaf or holds parameters of its own (a weight it may binarize itself, beside children
+    pack() does know): pack() leaves it as it is, in float32 PyTorch.  The user's containers, which
+    only call their children, pass silently.  BinaryLayers were warned about above."""
     for name, m in model.named_modules():
-        if not name or next(m.children(), None) is not None or isinstance(m, BinaryLayer):
+        if not name or isinstance(m, BinaryLayer) or type(m).__module__.startswith(("torch.", "onebit.")):
             continue
-        if not type(m).__module__.startswith(("torch.", "onebit.")):
-            warnings.warn(f"pack: keeping {name!r} ({type(m).__name__}) in float32: the packer does not know this "
-                          f"layer; it runs in PyTorch as before", PackWarning, stacklevel=3)
+        leaf = next(m.children(), None) is None
+        if leaf or next(m.parameters(recurse=False), None) is not None:
+            what = "this layer" if leaf else "this layer's own parameters (its children are packed as usual)"
+            warnings.warn(f"pack: keeping {name!r} ({type(m).__name__}) in float32: the packer does not know "
+                          f"{what}; it runs in PyTorch as before", PackWarning, stacklevel=3)
