@@ -14,6 +14,7 @@ from onebit.cli import main as cli
 from onebit.train import (DEFAULTS, LogitsKD, Teacher, TrainingDiverged, apply_overrides, kl_div, list_recipes,
                           load_recipe, lr_at, param_groups, soft_cross_entropy, train)
 from onebit.train import checkpoint as C
+from onebit.train.optim import build_optimizer
 
 SYNTH = {"name": "synthetic", "n": 96, "val_n": 32, "num_classes": 4, "train_transform": "none",
          "eval_transform": "none"}
@@ -99,6 +100,28 @@ def test_param_groups_split_binary_real_and_no_decay():
     assert id(m.fc.bias) in ids and id(m.stem[1].weight) in ids
     assert id(m.fc.weight) in {id(p) for p in groups["real"]["params"]}
     assert sum(len(g["params"]) for g in groups.values()) == len(list(m.parameters()))
+    bnext = {g["group"]: g["weight_decay"] for g in param_groups(m, 1e-3, 1e-8, norm_bias_weight_decay=1e-3)}
+    assert bnext == {"binary": 1e-8, "real": 1e-3, "no_decay": 1e-3}  # BNext's code: 1e-3 on BN and biases too
+
+
+def test_norm_bias_weight_decay_reaches_the_optimizer(tmp_path):
+    """train.norm_bias_weight_decay sets the BN / bias / 1-D group's decay; a run whose saved recipe
+    predates the key (an older onebit) resumes with its default, 0."""
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=2)), ["train.norm_bias_weight_decay=0.01"])
+    opt = build_optimizer(onebit.create_model(recipe["model"]["name"]), recipe["train"])
+    assert {g["group"]: g["weight_decay"] for g in opt.param_groups}["no_decay"] == 0.01
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=2)))
+    out = tmp_path / "run"
+    assert train(recipe, out, quiet=True, stop_after_steps=2)["interrupted"]
+    state = C.load(out / "last.pt")
+    del state["recipe"]["train"]["norm_bias_weight_decay"]
+    C.save_atomic(state, out / "last.pt")
+    saved = yaml.safe_load((out / "recipe.yaml").read_text())
+    del saved["train"]["norm_bias_weight_decay"]
+    (out / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    res = train(None, out, resume=True, quiet=True)
+    assert res["epochs"] == 2 and rows(out)[-1]["epoch"] == 2
+    assert C.load(out / "last.pt")["recipe"]["train"]["norm_bias_weight_decay"] == 0.0
 
 
 # ---------------------------------------------------------------- distillation
@@ -693,6 +716,8 @@ def test_resume_needs_the_runs_recipe(tmp_path):
     ("train.epochs=0", "train.epochs must be >= 1"),
     ("train.batch_size=-2", "train.batch_size must be >= 1"),
     ("train.warmup_epochs=-1", "train.warmup_epochs must be >= 0"),
+    ("train.weight_decay=-1e-4", "train.weight_decay must be >= 0"),
+    ("train.norm_bias_weight_decay=-1e-3", "train.norm_bias_weight_decay must be >= 0"),
     ("train.threads=0", r"train.threads must be an integer >= 1 \(or null\), got 0"),
     ("train.device=banana", "train.device must be one of auto, cpu, cuda"),
     # keys whose default is null: their type is checked too, each error naming its key

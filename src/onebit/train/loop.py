@@ -37,7 +37,7 @@ from . import diagnostics
 from .distill import LogitsKD, Teacher
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_at, set_lr
-from .recipe import apply_overrides, check_values
+from .recipe import apply_overrides, check_values, with_defaults
 
 
 class TrainingDiverged(RuntimeError):
@@ -230,7 +230,7 @@ class Run:
         self.resume_state = C.load(last) if resume else None
         if self.resume_state is not None:
             _check_same_run(self.resume_state["recipe"], self.out)
-            self.recipe = self.resume_state["recipe"]
+            self.recipe = with_defaults(self.resume_state["recipe"])
             if data_root is not None:  # the data may have moved between sessions
                 self.recipe["data"]["root"] = data_root
             if threads is not None:  # the machine may have changed too (an execution setting, not the recipe)

@@ -69,6 +69,7 @@ DEFAULTS: dict = {
         "betas": [0.9, 0.999],
         "weight_decay": 1e-4,        # real-valued weights (conv / linear)
         "binary_weight_decay": None, # latent binary weights; null = same as weight_decay
+        "norm_bias_weight_decay": 0.0,  # BN, biases, other 1-D parameters (BNext: as weight_decay)
         "warmup_epochs": 0,
         "warmup_lr": 0.0,
         "min_lr": 0.0,
@@ -101,6 +102,12 @@ def _merge(base: dict, over: dict) -> dict:
         else:
             out[k] = copy.deepcopy(v)
     return out
+
+
+def with_defaults(recipe: dict) -> dict:
+    """A saved recipe (a checkpoint's) with the keys added to DEFAULTS since it was written, at their
+    defaults, so that a run started by an older onebit resumes under this one."""
+    return _merge(DEFAULTS, recipe)
 
 
 def recipe_path(name_or_path: str) -> Path:
@@ -294,8 +301,9 @@ def check_values(recipe: dict) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if t[key] < 1:
             raise ValueError(f"train.{key} must be >= 1, got {t[key]}")
-    if t["warmup_epochs"] < 0:
-        raise ValueError(f"train.warmup_epochs must be >= 0, got {t['warmup_epochs']}")
+    for key in ("warmup_epochs", "weight_decay", "norm_bias_weight_decay"):
+        if t[key] < 0:
+            raise ValueError(f"train.{key} must be >= 0, got {t[key]}")
     for key, (what, ok) in NULLABLE.items():
         section, name = key.split(".")
         value = recipe[section][name]
