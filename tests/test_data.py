@@ -334,6 +334,21 @@ def test_rand_augment_closed_forms():
     assert torch.equal(solarized, 255 - x)
 
 
+def test_rand_augment_op_sets():
+    """"default" is onebit's 14 ops in their order (seeded runs keep their draws), "timm" timm's 15
+    (BNext's rand-m7-mstd0.5-inc1 with increasing=True); an unknown set or op is named."""
+    assert RandAugment().ops == ["identity", "autocontrast", "equalize", "rotate", "solarize", "color", "posterize",
+                                 "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x",
+                                 "translate_y"]
+    timm = RandAugment(2, 7, 0.5, increasing=True, ops="timm").ops
+    assert len(timm) == 15 and "identity" not in timm and {"invert", "solarize_add"} <= set(timm)
+    assert set(timm) | {"identity"} == set(RAND_AUGMENT_OPS)
+    with pytest.raises(ValueError, match="unknown RandAugment op set 'tim'"):
+        RandAugment(ops="tim")
+    with pytest.raises(ValueError, match=r"unknown RandAugment ops \['blur'\]"):
+        RandAugment(ops=["rotate", "blur"])
+
+
 def test_rand_augment_ops_match_pil():
     """Each op against Pillow's own (ImageOps, ImageEnhance, Image.rotate / transform, bilinear),
     within one level of rounding, at the magnitude-9 arguments of timm's mapping (pinned here:
@@ -344,7 +359,7 @@ def test_rand_augment_ops_match_pil():
     from onebit.data.transforms import rand_augment_arg as arg
     OPS = RAND_AUGMENT_OPS
     expect_args = {"rotate": 27.0, "shear_x": 0.27, "translate_y": 0.405, "color": 1.72, "contrast": 1.72,
-                   "brightness": 1.72, "sharpness": 1.72, "posterize": 3, "solarize": 230}
+                   "brightness": 1.72, "sharpness": 1.72, "posterize": 3, "solarize": 230, "solarize_add": 99}
     for op, value in expect_args.items():
         assert arg(op, 9, negate=False) == pytest.approx(value), op
     assert arg("rotate", 9, negate=True) == pytest.approx(-27.0)
@@ -358,6 +373,8 @@ def test_rand_augment_ops_match_pil():
         "autocontrast": (None, ImageOps.autocontrast(im)),
         "equalize": (None, ImageOps.equalize(im)),
         "posterize": (3, ImageOps.posterize(im, 3)),
+        "invert": (None, ImageOps.invert(im)),
+        "solarize_add": (99, im.point([min(255, i + 99) if i < 128 else i for i in range(256)] * 3)),
         "solarize": (230, ImageOps.solarize(im, 230)),
         "color": (1.72, ImageEnhance.Color(im).enhance(1.72)),
         "contrast": (0.46, ImageEnhance.Contrast(im).enhance(0.46)),

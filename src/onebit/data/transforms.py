@@ -315,6 +315,15 @@ def _solarize(img, threshold, fill):
     return torch.where(img >= threshold, 255 - img, img)
 
 
+def _solarize_add(img, add, fill):
+    """Add ``add`` to the pixels below 128, clipped at 255 (timm's SolarizeAdd)."""
+    return torch.where(img < 128, (img + add).clamp(max=255), img)
+
+
+def _invert(img, arg, fill):
+    return 255 - img
+
+
 def _color(img, factor, fill):
     return _blend(_grayscale(img).expand_as(img), img, factor)
 
@@ -377,7 +386,15 @@ RAND_AUGMENT_OPS = {
     "shear_y": _shear_y,
     "translate_x": _translate_x,
     "translate_y": _translate_y,
+    "invert": _invert,
+    "solarize_add": _solarize_add,
 }
+DEFAULT_RAND_OPS = ("identity", "autocontrast", "equalize", "rotate", "solarize", "color", "posterize", "contrast",
+                    "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
+# timm's 15 ops (_RAND_TRANSFORMS and, with increasing=True, _RAND_INCREASING_TRANSFORMS): no identity
+TIMM_RAND_OPS = ("autocontrast", "equalize", "invert", "rotate", "posterize", "solarize", "solarize_add", "color",
+                 "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
+RAND_OP_SETS = {"default": DEFAULT_RAND_OPS, "timm": TIMM_RAND_OPS}
 
 
 def rand_augment_arg(op: str, level: float, negate: bool, increasing: bool = False):
@@ -404,6 +421,8 @@ def rand_augment_arg(op: str, level: float, negate: bool, increasing: bool = Fal
     if op == "solarize":
         threshold = int(fraction * 256)
         return 256 - threshold if increasing else threshold
+    if op == "solarize_add":
+        return int(fraction * 110)
     return None
 
 
@@ -414,14 +433,21 @@ class RandAugment:
     each is applied with probability ``prob`` at magnitude ``magnitude`` plus
     Gaussian noise of std ``magnitude_std`` (``inf``: uniform in [0, magnitude]),
     clipped to [0, 10]. Geometric ops fill uncovered pixels with ``fill``
-    (0..255). BNext's recipe is ``RandAugment(2, magnitude=7, magnitude_std=0.5)``
-    (timm ``rand-m7-mstd0.5``). Unlike timm's list, the default op set is the
-    one named here (with identity, without invert and solarize-add).
+    (0..255). ``ops``: a list of op names, or ``"default"`` (onebit's set:
+    identity, no invert or solarize-add) or ``"timm"`` (timm's 15 ops).
+    BNext's authors use timm's ``rand-m7-mstd0.5-inc1``, which is
+    ``RandAugment(2, magnitude=7, magnitude_std=0.5, increasing=True, ops="timm")``
+    (the paper, 004 Sec. 5.1, says only "RandAugment (7, 0.5)").
     """
 
     def __init__(self, num_ops: int = 2, magnitude: float = 9, magnitude_std: float = 0.0,
                  prob: float = 0.5, increasing: bool = False, fill=128,
-                 ops: Sequence[str] = tuple(RAND_AUGMENT_OPS)):
+                 ops: Sequence[str] | str = "default"):
+        if isinstance(ops, str):
+            if ops not in RAND_OP_SETS:
+                raise ValueError(f"unknown RandAugment op set {ops!r}; give one of {list(RAND_OP_SETS)} or a list "
+                                 f"of op names")
+            ops = RAND_OP_SETS[ops]
         unknown = [op for op in ops if op not in RAND_AUGMENT_OPS]
         if unknown:
             raise ValueError(f"unknown RandAugment ops {unknown}; known: {list(RAND_AUGMENT_OPS)}")

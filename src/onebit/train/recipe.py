@@ -49,7 +49,7 @@ DEFAULTS: dict = {
         "image_size": 32,
         "mean": None,                # null: the data set's standard statistics
         "std": None,
-        "randaugment": None,         # e.g. {num_ops: 2, magnitude: 7, magnitude_std: 0.5}
+        "randaugment": None,         # e.g. {num_ops: 2, magnitude: 7, magnitude_std: 0.5, increasing: true, ops: timm}
         "mixup": 0.0,
         "cutmix": 0.0,
         "download": False,           # cifar10/cifar100: fetch where a network exists
