@@ -216,6 +216,20 @@ def test_progressive_clamps_latent_weights_in_training_only():
     assert w.tolist() == pytest.approx([-1.5, 0.2, 1.5])
 
 
+def test_progressive_clamps_a_layers_weights_and_refuses_centring():
+    """In a layer the clamp reaches the latent weights themselves; with center=True it would clamp a
+    centred copy and leave the weights alone, so that combination is refused (clamp=None allowed)."""
+    from onebit.layers import BinaryLinear
+    layer = BinaryLinear(3, 2, weight_binarizer={"name": "progressive", "clamp": 1.5}, scale="none").train()
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[5.0, -0.5, 0.25], [-4.0, 1.0, 2.0]]))
+    layer(torch.randn(4, 3))
+    assert layer.weight.tolist() == [[1.5, -0.5, 0.25], [-1.5, 1.0, 1.5]]
+    with pytest.raises(ValueError, match="center=True with the ProgressiveBinarizer weight binarizer"):
+        BinaryLinear(3, 2, weight_binarizer="progressive", center=True)
+    BinaryLinear(3, 2, weight_binarizer={"name": "progressive", "clamp": None}, center=True)
+
+
 def test_rsign_threshold_and_rprelu_closed_form():
     r = binarize.get("rsign", channels=3)
     with torch.no_grad():

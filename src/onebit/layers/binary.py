@@ -48,6 +48,11 @@ class BinaryLayer:
         in_ch = self.weight.shape[1] * getattr(self, "groups", 1)
         self.input_binarizer = build(input_binarizer, channels=in_ch, dim=channel_dim)
         self.weight_binarizer = build(weight_binarizer, channels=self.weight.shape[0], dim=0)
+        if self.center and getattr(self.weight_binarizer, "clamp", None) is not None:
+            raise ValueError(f"center=True with the {type(self.weight_binarizer).__name__} weight binarizer, which "
+                             f"clamps the latent weights in place (clamp={self.weight_binarizer.clamp}): it would "
+                             f"clamp a centred copy, never the weights; use center=False (BNext does not centre) "
+                             f"or the binarizer's clamp=None")
         for b in (self.input_binarizer, self.weight_binarizer):  # their parameters (RSign's shift) follow
             if b is not None:                                     # the layer's device= and dtype=
                 b.to(device=self.weight.device, dtype=self.weight.dtype)
