@@ -205,6 +205,17 @@ def test_progressive_binarizer_anneals_to_sign():
     assert w.grad.tolist() == list(range(7))
 
 
+def test_progressive_default_is_bnexts_schedule():
+    """BNext's code: tau = 0.9^e in epoch e of 512, hard sign from e = 153 (0.9^153 < 1e-7). With
+    the trainer's t = e / 511 the default switch gives the same epoch and tau."""
+    b = binarize.get("progressive")
+    hard = [e for e in range(512) if (b.set_progress(e / 511), b.hard)[1]]
+    assert hard[0] == 153 and hard == list(range(153, 512))
+    for e in (1, 50, 100, 152):
+        b.set_progress(e / 511)
+        assert b.tau == pytest.approx(0.9 ** e, rel=1e-12), e
+
+
 def test_progressive_clamps_latent_weights_in_training_only():
     b = binarize.get("progressive", clamp=1.5)
     w = torch.nn.Parameter(torch.tensor([-3.0, 0.2, 2.0]))

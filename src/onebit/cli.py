@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="registry name, zoo:NAME or checkpoint path")
     p.add_argument("--input-size", help="C,H,W")
     p.add_argument("--omit-attention", action="store_true", help="leave out the P V term as the paper's total does")
-    p.add_argument("--png", help="also plot the capability after each layer (as ES-BNN Fig. 4)")
+    p.add_argument("--png", help="also plot the cumulative capability after each layer (BinaryViT Appendix B)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_capability)
     p = sub.add_parser("report", help="one self-contained HTML page for a run directory or checkpoint")

@@ -140,6 +140,9 @@ class _IdentityThrough(torch.autograd.Function):
         return grad, None
 
 
+BNEXT_SWITCH = math.log(1e-7) / math.log(0.9) / 511  # tau = 0.9^e reaches 1e-7 at e = 152.98 of 0..511
+
+
 @register("progressive")
 class ProgressiveBinarizer(Binarizer):
     """Progressive weight binarization (BNext, after BoolNet; reference.md section 1).
@@ -147,12 +150,13 @@ class ProgressiveBinarizer(Binarizer):
     Forward: clamp(w / tau, -1, 1) while tau >= tau_min, sign(w) afterwards; backward identity.
     tau decays geometrically with progress, tau(t) = tau_min^(t / switch), reaching tau_min
     (the hard switch to sign) at t = switch.  The authors multiply tau by 0.9 per epoch and
-    switch at tau < 1e-7, i.e. at epoch 153 of 512 (t ~ 0.3): ``switch=0.3`` reproduces it for
-    any run length.  While training, the latent weights are clamped in place to [-clamp, clamp]
+    switch at tau < 1e-7, i.e. from epoch 153 of 512: with the trainer's t = epoch / (epochs - 1)
+    the default ``switch = log(1e-7) / log(0.9) / 511`` (0.2994) gives tau = 0.9^epoch and that
+    epoch, and the same fraction of any other run length.  While training, the latent weights are clamped in place to [-clamp, clamp]
     (1.5 in BNext) before use; no scaling factor (the following BN absorbs it).
     """
 
-    def __init__(self, switch: float = 0.3, tau_min: float = 1e-7, clamp: Optional[float] = 1.5):
+    def __init__(self, switch: float = BNEXT_SWITCH, tau_min: float = 1e-7, clamp: Optional[float] = 1.5):
         super().__init__()
         if not (0 < switch <= 1):
             raise ValueError(f"progressive switch must be in (0, 1], got {switch!r}")
