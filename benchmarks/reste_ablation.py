@@ -28,14 +28,16 @@ def reste(**kw):
 
 
 CONFIGS = {
-    "ste": {"name": "clipped_ste", "c": 1.0},             # Table 2 baseline (the classic clipped STE)
+    "ste": {"name": "clipped_ste", "c": 1.0},             # the classic clipped STE (the main paper's baseline)
     "reste_cos3": reste(o_end=3, schedule="cos"),         # the default: progressive o, cos
     "reste_cos2": reste(o_end=2, schedule="cos"),
     "reste_cos4": reste(o_end=4, schedule="cos"),
     "reste_linear3": reste(o_end=3, schedule="linear"),   # Table 3
     "reste_power3": reste(o_end=3, schedule="power"),
+    "reste_fixed1": reste(o=1),                            # Table 2's o = 1 row (clipped STE, threshold 1.5)
     "reste_fixed2": reste(o=2),                            # Table 2 fixed o
     "reste_fixed3": reste(o=3),
+    "reste_fixed4": reste(o=4),
 }
 
 
@@ -48,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="runs/ablation")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="results/reste_ablation.json")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a further recipe override for every run, e.g. model.pre_bn_act=identity")
     args = ap.parse_args(argv)
 
     summary = {}
@@ -59,6 +63,7 @@ def main(argv=None) -> int:
                     f"train.epochs={args.epochs}", f"seed={seed}", f"data.root={args.data}"]
             if args.threads:
                 sets.append(f"train.threads={args.threads}")
+            sets += args.set
             res = run_or_resume("reste-resnet20-cifar10", sets, Path(args.runs) / f"{cfg}-s{seed}")
             if res is None:
                 print("interrupted; run the same command again to continue")

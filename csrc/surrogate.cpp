@@ -6,7 +6,7 @@
 //
 //   reste:       s(x) = m^(1/o) / m                   |x| <= m   (chord slope through 0)
 //                       (1/o) |x|^((1 - o) / o)       m < |x| <= t
-//                       0                             |x| > t      (paper 001 Eq. 7; reference.md)
+//                       0                             |x| > t      (ReSTE's estimator; reference.md)
 //   approx_sign: s(x) = max(0, 2 - 2|x|)                           (Bi-Real Net Eq. 6)
 //
 // |x|^e is exp(e ln|x|) with ln and exp from range reduction and short series (below), within a

@@ -11,6 +11,7 @@ import onebit
 from onebit import data as D
 from onebit.analysis.features import penultimate_features, tsne_png
 from onebit.analysis.indicators import indicator_curves, indicators_png
+from onebit.layers import BinaryConv2d
 from onebit.analysis.report import write_report
 from onebit.train import load_recipe, train
 
@@ -125,8 +126,16 @@ def test_indicator_curves_trade_off(tmp_path):
     err, inst = np.array(curves["estimating_error"]), np.array(curves["gradient_instability"])
     assert curves["o"] == [1, 1.5, 2, 2.5, 3, 3.5, 4]
     assert (np.diff(err) < 0).all() and (np.diff(inst) > 0).all()
-    c2 = indicator_curves(onebit.create_model("bireal_resnet20"), o_values=(1, 2, 3))
+    x = (torch.randn(20000, generator=torch.Generator().manual_seed(0)) * 0.3).double()
+    for o, fit in zip(curves["o"], curves["fitting_error"]):  # one L2 norm over plain values
+        assert fit == pytest.approx(((x.sign() * x.abs() ** (1 / o) - x.sign()) ** 2).sum().sqrt().item(), rel=1e-9)
+    model = onebit.create_model("bireal_resnet20")
+    c2 = indicator_curves(model, o_values=(1, 2, 3))
     assert len(c2["estimating_error"]) == 3 and c2["n"] > 0
+    convs = [m.weight.detach().double().flatten() for m in model.modules() if isinstance(m, BinaryConv2d)]
+    assert len(convs) == 18  # the authors' fitting error: one L2 norm per binary layer, summed
+    want = sum(((w.sign() * w.abs() ** 0.5 - w.sign()) ** 2).sum().sqrt().item() for w in convs)
+    assert c2["fitting_error"][1] == pytest.approx(want, rel=1e-9)
     pytest.importorskip("matplotlib")  # (the numbers above need no plotting)
     indicators_png(curves, tmp_path / "ind.png", title="gaussian", mark_o=3)
     assert (tmp_path / "ind.png").stat().st_size > 1000

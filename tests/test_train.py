@@ -904,7 +904,15 @@ def test_metrics_carry_flip_ratio_histograms_and_indicators(tmp_path, monkeypatc
                                   if isinstance(m, BinaryConv2d)]))
         return snapshot(model)
 
+    grads = []  # the binary convs' latent-weight gradients when the loop takes the stability variance
+    variance = Dg.stability_variance
+
+    def grad_spy(model):
+        grads.append([m.weight.grad.clone() for m in model.modules() if isinstance(m, BinaryConv2d)])
+        return variance(model)
+
     monkeypatch.setattr(Dg, "sign_snapshot", spy)
+    monkeypatch.setattr(Dg, "stability_variance", grad_spy)
     out = tmp_path / "run"
     train(load_recipe(str(tiny_recipe(tmp_path, epochs=2, indicators=True))), out, quiet=True)
     r = rows(out)
@@ -925,6 +933,17 @@ def test_metrics_carry_flip_ratio_histograms_and_indicators(tmp_path, monkeypatc
     g = torch.where(a <= 0.1, 0.1 ** (1 / 3) / 0.1, a.clamp(min=0.1) ** (-2 / 3) / 3).masked_fill(a > 1.5, 0.0)
     assert r[-1]["estimating_error"] == pytest.approx(err, rel=1e-9)
     assert r[-1]["gradient_instability"] == pytest.approx(g.var().item(), rel=1e-9)
+    # the authors' pair (ReSTE code, utils/tools.py): per-layer L2 of |w|^(1/3) sign(w) - sign(w), summed
+    # (unclipped, sign(0) = 0), and per-layer var(|dL/dw|) of the last step's gradients, summed
+    layers = [m.weight.detach().double().flatten() for m in model.modules() if isinstance(m, BinaryConv2d)]
+    assert len(layers) == 18 and len(grads) == 2 and len(grads[-1]) == 18
+    fit = sum(((torch.sign(v) * v.abs() ** (1 / 3) - torch.sign(v)) ** 2).sum().sqrt().item() for v in layers)
+    assert r[-1]["fitting_error"] == pytest.approx(fit, rel=1e-9)
+    first = weights[1].double().split([v.numel() for v in layers])  # end of epoch 1: o = 1, but o_end = 3
+    assert r[0]["reste_o"] == 1.0 and r[0]["fitting_error"] == pytest.approx(
+        sum(((torch.sign(v) * v.abs() ** (1 / 3) - torch.sign(v)) ** 2).sum().sqrt().item() for v in first), rel=1e-9)
+    var = sum(gr.double().abs().flatten().var().item() for gr in grads[-1])
+    assert var > 0 and r[-1]["stability_var"] == pytest.approx(var, rel=1e-9)
     hist = [json.loads(l) for l in (out / "histograms.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2]
     counts = torch.histc(w.clamp(-1.5, 1.5), bins=60, min=-1.5, max=1.5)

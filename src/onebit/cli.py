@@ -355,8 +355,10 @@ def cmd_indicators(args) -> int:
     if args.json:
         print(json.dumps(curves))
     else:
-        for o, e, g in zip(curves["o"], curves["estimating_error"], curves["gradient_instability"]):
-            print(f"o={o:<4g} estimating error {e:.4f}  gradient instability {g:.4f}")
+        for o, e, g, f in zip(curves["o"], curves["estimating_error"], curves["gradient_instability"],
+                              curves["fitting_error"]):
+            print(f"o={o:<4g} estimating error {e:.4f}  gradient instability {g:.4f}  "
+                  f"fitting error (authors') {f:.2f}")
         print(f"-> {args.out}")
     return 0
 

@@ -7,7 +7,10 @@
 
 Larger o brings f_o(x) = sign(x)|x|^(1/o) closer to sign (the estimating error falls) but makes
 its derivative explode near 0 (the gradient instability rises); the indicators themselves are
-:func:`onebit.train.diagnostics.estimator_indicators`.
+:func:`onebit.train.diagnostics.estimator_indicators`, plus the authors' fitting error
+(:func:`onebit.train.diagnostics.fitting_error`).  These curves evaluate one set of latent weights
+at several o; the appendix's Fig. 1 trains one model per o_end (and its gradient instability needs
+a training step's gradients: the trainer logs it with ``train.indicators``).
 """
 from __future__ import annotations
 
@@ -29,10 +32,14 @@ def indicator_curves(values, o_values: Sequence[float] = DEFAULT_O, t: float = 1
     ``values``: a tensor / array of (latent weight or activation) values, or a model, whose
     binary layers' latent weights are used.  ``t``: gradient threshold; ``m``: width of the
     flat region around 0 (the authors' 1.5 and 0.1).  Returns {"o": [...],
-    "estimating_error": [...], "gradient_instability": [...], "n": number of values}.
+    "estimating_error": [...], "gradient_instability": [...], "fitting_error": [...], "n": number of
+    values}; the fitting error sums ||f_o(w) - sign(w)||_2 over a model's binary layers (one norm
+    over plain values).
     """
-    from ..train.diagnostics import estimator_indicators, latent_weights
-    if isinstance(values, nn.Module):
+    from ..binarize.sign import rectified_power
+    from ..train.diagnostics import estimator_indicators, fitting_error, latent_weights
+    model = values if isinstance(values, nn.Module) else None
+    if model is not None:
         x = latent_weights(values)
         if x.numel() == 0:
             raise ValueError(f"{type(values).__name__} has no binary-weight layers to take latent weights from")
@@ -45,9 +52,11 @@ def indicator_curves(values, o_values: Sequence[float] = DEFAULT_O, t: float = 1
     if not os_ or min(os_) <= 0:
         raise ValueError(f"o values must be > 0, got {list(o_values)}")
     rows = [estimator_indicators(x, o, t=t, m=m) for o in os_]
+    fit = [fitting_error(model, o) if model is not None else
+           torch.linalg.vector_norm(rectified_power(x, o) - torch.sign(x)).item() for o in os_]
     return {"o": os_, "estimating_error": [r["estimating_error"] for r in rows],
-            "gradient_instability": [r["gradient_instability"] for r in rows], "n": int(x.numel()),
-            "t": t, "m": m}
+            "gradient_instability": [r["gradient_instability"] for r in rows], "fitting_error": fit,
+            "n": int(x.numel()), "t": t, "m": m}
 
 
 def indicators_png(curves: dict, path, title: str = "", mark_o: float | None = None) -> Path:
@@ -62,7 +71,7 @@ def indicators_png(curves: dict, path, title: str = "", mark_o: float | None = N
         ax.plot(o, curves[key], marker="o", color=colour)
         ax.set_xlabel("ReSTE power o")
         ax.set_ylabel(label)
-        ax.set_title(f"{label} (" + ("falls" if key == "estimating_error" else "rises") + " with o)", fontsize=10)
+        ax.set_title(label, fontsize=10)
         ax.set_xticks(o)
         ax.grid(alpha=0.3)
         if mark_o is not None:

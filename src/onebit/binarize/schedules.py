@@ -1,7 +1,8 @@
 """Schedules driven by training progress t in [0, 1].
 
 A schedule is a pure function of t: nothing global, nothing hidden.  The trainer
-(or the user) calls :func:`onebit.set_progress` with t = epoch / epochs, and every
+(or the user) calls :func:`onebit.set_progress` with t = epoch / (epochs - 1), so that the last
+epoch runs at t = 1 (the authors' code uses epoch / epochs, whose o never quite reaches o_end), and every
 module that owns a schedule recomputes its value from t.
 
 ReSTE's progressive o (paper 001, appendix Tables 2-3), rising from ``start`` to ``end``:

@@ -9,8 +9,13 @@ ReSTE's estimator indicators (paper 001, appendix Fig. 1-2).
   gradient threshold t, beyond which the estimator is flat);
 - gradient instability at o: the variance of the estimator's surrogate gradient over the
   same values (large when o is large: the gradient explodes near 0).
-Both indicators are computed on the latent weights of the binary layers; onebit's
-definitions are written here because the appendix gives them only in words.
+Both indicators are computed on the latent weights of the binary layers.  The appendix gives
+them only in words; the authors' code (DravenALG/ReSTE, utils/tools.py, run with --cal_ind)
+defines them differently, and those are here too, as the figures to compare with Fig. 1-2:
+- fitting error (their estimating error) at o: the sum over binary-weight layers of the L2 norm
+  ||f_o(w) - sign(w)||, unclipped, sign(0) = 0; their training loop takes it at o_end;
+- stability variance (their gradient instability): the sum over binary-weight layers of the
+  variance of |dL/dw| of the latent weights after a training step's backward.
 """
 from __future__ import annotations
 
@@ -64,3 +69,31 @@ def estimator_indicators(x: torch.Tensor, o: float, t: float = 1.5, m: float = 0
     error = (sign(xc) - rectified_power(xc, o)).abs().mean().item()
     g = reste_grad(o, t, m)(x, torch.ones_like(x))
     return {"o": o, "estimating_error": error, "gradient_instability": g.var().item()}
+
+
+@torch.no_grad()
+def fitting_error(model: nn.Module, o: float) -> float:
+    """The authors' estimating error (see module doc): sum over layers of ||f_o(w) - sign(w)||_2."""
+    total = 0.0
+    for _, m in binary_weight_layers(model):
+        w = m.weight.detach().flatten().double()
+        total += torch.linalg.vector_norm(rectified_power(w, o) - torch.sign(w)).item()
+    return total
+
+
+@torch.no_grad()
+def stability_variance(model: nn.Module) -> float | None:
+    """The authors' gradient instability (see module doc): sum over layers of var(|dL/dw|), from the
+    gradients the last backward left on the latent weights; None if a layer has no gradient."""
+    total = 0.0
+    for _, m in binary_weight_layers(model):
+        if m.weight.grad is None:
+            return None
+        total += m.weight.grad.detach().flatten().double().abs().var().item()
+    return total
+
+
+def reste_o_end(model: nn.Module) -> float | None:
+    """o_end of the model's first ReSTE binarizer, for weights or inputs (None without one)."""
+    from ..binarize.estimators import ReSTE
+    return next((m.schedule.end for m in model.modules() if isinstance(m, ReSTE)), None)

@@ -486,9 +486,11 @@ class Run:
             o = next((m.o for m in model.modules() if isinstance(getattr(m, "o", None), float)), None)
             if o is not None:
                 row["reste_o"] = o
-            if tcfg["indicators"]:
+            if tcfg["indicators"]:  # onebit's pair at the current o, then the authors' (grads of the last step)
                 row.update({k: v for k, v in diagnostics.estimator_indicators(
                     diagnostics.latent_weights(model), o or 1.0).items() if k != "o"})
+                row["fitting_error"] = diagnostics.fitting_error(model, diagnostics.reste_o_end(model) or o or 1.0)
+                row["stability_var"] = diagnostics.stability_variance(model)
             if val_loader is not None:
                 ev = evaluate(model, val_loader, list(self.train_ds.class_names))
                 if not math.isfinite(ev["loss"]):

@@ -82,7 +82,7 @@ DEFAULTS: dict = {
         "threads": None,             # torch threads; null: torch's default
         "log_every": 50,
         "tensorboard": False,
-        "indicators": False,         # log ReSTE's estimating error / gradient instability each epoch
+        "indicators": False,         # log ReSTE's indicators each epoch (onebit's and the authors' definitions)
     },
     "kd": None,                      # {teacher: PATH | zoo:NAME | registry name, temperature, alpha}
     "stages": None,                  # two-stage training: list of {name, epochs, set: {key: value}}
