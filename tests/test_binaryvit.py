@@ -199,6 +199,28 @@ def randomise_shifts(att):
         att.act.shift_in.uniform_(-0.3, 0.3), att.act.slope.uniform_(0.1, 0.4), att.act.shift_out.uniform_(-0.3, 0.3)
 
 
+def test_attend_sums_codes_exactly_with_the_plain_products_gradients():
+    """attend takes P V as alpha_P ((P / alpha_P) V): the same values as float64's exact product, and
+    the gradients of the plain float32 P V (into the scores and alpha_P) to rounding."""
+    torch.manual_seed(2)
+    att = BinaryAttention(32, 2, alpha_grad="bit")
+    with torch.no_grad():
+        att.prob.step.fill_(0.03)
+    scores = (torch.randint(-16, 17, (2, 2, 40, 40)) * 2).float().requires_grad_()  # Q K^T: even integers
+    vb = torch.where(torch.rand(2, 2, 40, 16) < 0.5, -1.0, 1.0)
+    att.probs = lambda a: att.prob(torch.softmax(a / 4.0, dim=-1))  # attend on given scores
+    ident = torch.eye(40).expand(2, 2, 40, 40)  # qb = ident with kb = scores^T: qb kb^T = scores
+    out = att.attend(ident, scores.transpose(-2, -1), vb)
+    p = att.prob(torch.softmax(scores / 4.0, dim=-1))
+    assert (p > 0).any() and (p == 0).any()
+    assert torch.equal(out, (p.double() @ vb.double()).float())
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad((out * g).sum(), (scores, att.prob.step))
+    plain = torch.autograd.grad(((p @ vb) * g).sum(), (scores, att.prob.step))
+    for a, b in zip(ours, plain):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_attention_products_closed_form():
     """Eq. 6-8 and the head's RPReLU(BN(P sgn(V + b_v)) + Q + K + V) written out, with a distinct
     random RSign shift on each of Q, K, V and a random RPReLU (gamma, slope, zeta)."""

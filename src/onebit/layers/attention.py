@@ -78,8 +78,17 @@ class BinaryAttention(nn.Module):
         return self.prob(torch.softmax(a / math.sqrt(self.dim // self.heads), dim=-1))  # Eq. 7-8
 
     def attend(self, qb: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor) -> torch.Tensor:
-        """P V for binarized heads (B, heads, N or M, D_h); deploy.attention computes it on the engine."""
-        return self.probs(qb @ kb.transpose(-2, -1)) @ vb                               # Eq. 6
+        """P V for binarized heads (B, heads, N or M, D_h); deploy.attention computes it on the engine.
+
+        With P = alpha_P * {0, 1} the product is taken as alpha_P ((P / alpha_P) V): the codes P / alpha_P
+        are exactly 0 or 1, so the matmul sums integers exactly and alpha_P scales once, the rounding the
+        engine has (a running float sum of +-alpha_P terms rounds at every step, and those differences,
+        though tiny, can flip a sign in the next RSign).  Mathematically the same function and gradients."""
+        p = self.probs(qb @ kb.transpose(-2, -1))                                       # Eq. 6-8
+        if isinstance(self.prob, LearnedStep) and self.prob.levels == 1:
+            s = self.prob.effective_step()
+            return s * ((p / s) @ vb)
+        return p @ vb
 
     def forward(self, h: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         b, n, c = h.shape
