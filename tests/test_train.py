@@ -119,9 +119,11 @@ def test_norm_bias_weight_decay_reaches_the_optimizer(tmp_path):
     saved = yaml.safe_load((out / "recipe.yaml").read_text())
     del saved["train"]["norm_bias_weight_decay"]
     (out / "recipe.yaml").write_text(yaml.safe_dump(saved))
-    res = train(None, out, resume=True, quiet=True)
+    assert train(None, out, resume=True, quiet=True, stop_after_steps=1)["interrupted"]
+    assert C.load(out / "last.pt")["recipe"]["train"]["norm_bias_weight_decay"] == 0.0  # filled in
+    assert "norm_bias_weight_decay" not in (out / "recipe.yaml").read_text()  # the run's own file, as it was
+    res = train(None, out, resume=True, quiet=True)  # a second resume: last.pt and recipe.yaml still agree
     assert res["epochs"] == 2 and rows(out)[-1]["epoch"] == 2
-    assert C.load(out / "last.pt")["recipe"]["train"]["norm_bias_weight_decay"] == 0.0
 
 
 # ---------------------------------------------------------------- distillation

@@ -166,7 +166,7 @@ def _check_same_run(ckpt_recipe: dict, out: Path) -> None:
     if a != b:
         raise ValueError(f"cannot resume: {out / 'last.pt'} is a run of recipe {a[0]!r} (model {a[1]!r}) but "
                          f"{mine} says recipe {b[0]!r} (model {b[1]!r}); put the checkpoint back in its own run")
-    ca, cb = _dotted(ckpt_recipe), _dotted(here)
+    ca, cb = _dotted(with_defaults(ckpt_recipe)), _dotted(with_defaults(here))  # keys added since: defaults
     diff = sorted(k for k in set(ca) | set(cb) if k not in RESUME_SETTABLE and ca.get(k) != cb.get(k))
     if diff:
         raise ValueError(f"cannot resume: {out / 'last.pt'} was trained with another recipe than {mine} "
