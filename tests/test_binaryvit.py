@@ -199,11 +199,12 @@ def randomise_shifts(att):
         att.act.shift_in.uniform_(-0.3, 0.3), att.act.slope.uniform_(0.1, 0.4), att.act.shift_out.uniform_(-0.3, 0.3)
 
 
-def test_attend_sums_codes_exactly_with_the_plain_products_gradients():
+@pytest.mark.parametrize("alpha_grad", ["lsq", "bit"])
+def test_attend_sums_codes_exactly_with_the_plain_products_gradients(alpha_grad):
     """attend takes P V as alpha_P ((P / alpha_P) V): the same values as float64's exact product, and
     the gradients of the plain float32 P V (into the scores and alpha_P) to rounding."""
     torch.manual_seed(2)
-    att = BinaryAttention(32, 2, alpha_grad="bit")
+    att = BinaryAttention(32, 2, alpha_grad=alpha_grad)
     with torch.no_grad():
         att.prob.step.fill_(0.03)
     scores = (torch.randint(-16, 17, (2, 2, 40, 40)) * 2).float().requires_grad_()  # Q K^T: even integers
@@ -218,7 +219,7 @@ def test_attend_sums_codes_exactly_with_the_plain_products_gradients():
     ours = torch.autograd.grad((out * g).sum(), (scores, att.prob.step))
     plain = torch.autograd.grad(((p @ vb) * g).sum(), (scores, att.prob.step))
     for a, b in zip(ours, plain):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_attention_products_closed_form():

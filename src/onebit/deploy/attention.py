@@ -7,8 +7,8 @@ Both products of :class:`onebit.layers.attention.BinaryAttention` have binary op
 - P V with P in {0, alpha_P} and V in {+-1}: with m_ij = [P_ij > 0] packed over the keys j and
   b_jd = [V_jd = +1] packed per column d, ``bgemm`` gives acc_id = M - 2 popcount(m_i xor b_d), and
   sum_j m_ij V_jd = popcount(b_d) - popcount(m_i xor b_d) = (acc_id + colsum_d) / 2 with
-  colsum_d = sum_j V_jd.  So P V = alpha_P (acc + colsum) / 2, one rounding instead of PyTorch's
-  running float sum of +-alpha_P terms (the two agree to float rounding, about 1e-7 relative).
+  colsum_d = sum_j V_jd.  So P V = alpha_P (acc + colsum) / 2, one rounding, as the training layer
+  computes it (alpha_P ((P / alpha_P) V)): the same bits.
 
 :func:`swap_attention` gives every eligible BinaryAttention of a packed model this forward (a class
 swap: same modules, parameters and state_dict); the rest of the block (BiFC layers, BatchNorm,

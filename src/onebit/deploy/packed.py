@@ -1032,7 +1032,7 @@ def pack(model: nn.Module, *, fold_bn: bool = False, inplace: bool = False, link
     ``inplace=True`` modifies ``model`` itself instead of a deep copy.  The copy also computes
     faster where it can do so exactly: nn.MaxPool2d and nn.AvgPool2d become the engine's pools
     (deploy.pool: the same tensors, bit for bit), BinaryViT's attention computes Q K^T and P V on
-    the engine (deploy.attention; same scores, P V to float rounding), and
+    the engine (deploy.attention; the same scores and P V bit for bit), and
     a BinaryUnit runs its BatchNorm, shortcut add and RPReLU in the packed conv's epilogue, each
     rounded as the separate torch op (the BatchNorm as torch's CPU kernel computes it, found once
     per process by _torch_bn_fma; or folded, with ``fold_bn=True``; same modules and state_dict);

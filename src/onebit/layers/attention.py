@@ -83,10 +83,12 @@ class BinaryAttention(nn.Module):
         With P = alpha_P * {0, 1} the product is taken as alpha_P ((P / alpha_P) V): the codes P / alpha_P
         are exactly 0 or 1, so the matmul sums integers exactly and alpha_P scales once, the rounding the
         engine has (a running float sum of +-alpha_P terms rounds at every step, and those differences,
-        though tiny, can flip a sign in the next RSign).  Mathematically the same function and gradients."""
+        though tiny, can flip a sign in the next RSign).  The same function; alpha_P is taken as a
+        constant here (its two paths through / and * cancel), so its gradient comes through P alone, as
+        for P V."""
         p = self.probs(qb @ kb.transpose(-2, -1))                                       # Eq. 6-8
         if isinstance(self.prob, LearnedStep) and self.prob.levels == 1:
-            s = self.prob.effective_step()
+            s = self.prob.effective_step().detach()
             return s * ((p / s) @ vb)
         return p @ vb
 
