@@ -892,6 +892,16 @@ def test_cli_eval_writes_confusion_png(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_fitting_error_takes_the_weights_o_end():
+    """The authors' fitting error is taken at o_end: the weight binarizer's when it is ReSTE, else the
+    input binarizer's; no ReSTE, no o_end."""
+    from onebit.train.diagnostics import reste_o_end
+    both = {"input_binarizer": {"name": "reste", "o_end": 2}, "weight_binarizer": {"name": "reste", "o_end": 4}}
+    assert reste_o_end(onebit.create_model("bireal_resnet20", **both)) == 4.0
+    assert reste_o_end(onebit.create_model("bireal_resnet20", input_binarizer={"name": "reste", "o_end": 2})) == 2.0
+    assert reste_o_end(onebit.create_model("bireal_resnet20")) is None
+
+
 def test_metrics_carry_flip_ratio_histograms_and_indicators(tmp_path, monkeypatch):
     """The logged diagnostics, recomputed by hand: flip ratio from the latent weights at the start and
     end of each epoch, and the last epoch's indicators (at o = 3, the end of the schedule) and histogram

@@ -435,9 +435,10 @@ class RandAugment:
     clipped to [0, 10]. Geometric ops fill uncovered pixels with ``fill``
     (0..255). ``ops``: a list of op names, or ``"default"`` (onebit's set:
     identity, no invert or solarize-add) or ``"timm"`` (timm's 15 ops).
-    BNext's authors use timm's ``rand-m7-mstd0.5-inc1``, which is
-    ``RandAugment(2, magnitude=7, magnitude_std=0.5, increasing=True, ops="timm")``
-    (the paper, 004 Sec. 5.1, says only "RandAugment (7, 0.5)").
+    BNext's authors use timm's ``rand-m7-mstd0.5-inc1``: ``RandAugment(2, magnitude=7,
+    magnitude_std=0.5, increasing=True, ops="timm", fill=(124, 116, 104))`` (timm fills with the
+    ImageNet mean pixel; it also draws bilinear or bicubic resampling where this is bilinear only;
+    the paper, 004 Sec. 5.1, says only "RandAugment (7, 0.5)").
     """
 
     def __init__(self, num_ops: int = 2, magnitude: float = 9, magnitude_std: float = 0.0,

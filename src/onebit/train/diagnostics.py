@@ -84,7 +84,8 @@ def fitting_error(model: nn.Module, o: float) -> float:
 @torch.no_grad()
 def stability_variance(model: nn.Module) -> float | None:
     """The authors' gradient instability (see module doc): sum over layers of var(|dL/dw|), from the
-    gradients the last backward left on the latent weights; None if a layer has no gradient."""
+    gradients the last backward left on the latent weights (clipped, with train.grad_clip; the
+    authors' ReSTE runs do not clip); None if a layer has no gradient."""
     total = 0.0
     for _, m in binary_weight_layers(model):
         if m.weight.grad is None:
@@ -94,6 +95,9 @@ def stability_variance(model: nn.Module) -> float | None:
 
 
 def reste_o_end(model: nn.Module) -> float | None:
-    """o_end of the model's first ReSTE binarizer, for weights or inputs (None without one)."""
+    """o_end of the model's first ReSTE weight binarizer, else of its first ReSTE input binarizer
+    (the authors use one o_end for both); None without ReSTE."""
     from ..binarize.estimators import ReSTE
-    return next((m.schedule.end for m in model.modules() if isinstance(m, ReSTE)), None)
+    weights = [m.weight_binarizer for _, m in binary_weight_layers(model)]
+    others = list(model.modules())
+    return next((b.schedule.end for b in weights + others if isinstance(b, ReSTE)), None)
