@@ -692,6 +692,16 @@ class _OwnSign(nn.Module):  # a user's layer that binarizes its own weight aroun
         return nn.functional.conv2d(torch.sign(self.conv(x)), torch.sign(self.w))
 
 
+class _OwnList(nn.Module):  # its own weights in a ParameterList (a torch child module)
+    def __init__(self):
+        super().__init__()
+        self.conv = BinaryConv2d(4, 4, 3, padding=1)
+        self.ws = nn.ParameterList([nn.Parameter(torch.randn(4, 4, 1, 1))])
+
+    def forward(self, x):
+        return nn.functional.conv2d(torch.sign(self.conv(x)), torch.sign(self.ws[0]))
+
+
 class _Block(nn.Module):  # a user's container: only calls its children
     def __init__(self):
         super().__init__()
@@ -705,12 +715,13 @@ def test_pack_warns_about_a_users_layer_with_its_own_parameters():
     """A non-leaf module of the user's with parameters of its own is named (its child is packed and its
     own weight stays float32); a container of known layers passes silently."""
     torch.manual_seed(5)
-    model = nn.Sequential(_OwnSign(), _Block()).eval()
+    model = nn.Sequential(_OwnSign(), _Block(), _OwnList()).eval()
     with pytest.warns(PackWarning) as rec:
         packed = pack(model)
     assert [str(w.message) for w in rec] == [
-        "pack: keeping '0' (_OwnSign) in float32: the packer does not know this layer's own parameters "
-        "(its children are packed as usual); it runs in PyTorch as before"]
+        f"pack: keeping '{i}' ({name}) in float32: the packer does not know this layer's own parameters "
+        "(its children are packed as usual); it runs in PyTorch as before" for i, name in ((0, "_OwnSign"),
+                                                                                          (2, "_OwnList"))]
     assert isinstance(packed[0].conv, PackedBinaryConv2d) and isinstance(packed[1].conv, PackedBinaryConv2d)
     x = torch.randn(2, 4, 6, 6)
     with torch.no_grad():

@@ -1096,7 +1096,9 @@ def _warn_unknown_layers(model: nn.Module) -> None:
         if not name or isinstance(m, BinaryLayer) or type(m).__module__.startswith(("torch.", "onebit.")):
             continue
         leaf = next(m.children(), None) is None
-        if leaf or next(m.parameters(recurse=False), None) is not None:
+        own = next(m.parameters(recurse=False), None) is not None or any(
+            isinstance(c, (nn.ParameterList, nn.ParameterDict)) for c in m.children())
+        if leaf or own:
             what = "this layer" if leaf else "this layer's own parameters (its children are packed as usual)"
             warnings.warn(f"pack: keeping {name!r} ({type(m).__name__}) in float32: the packer does not know "
                           f"{what}; it runs in PyTorch as before", PackWarning, stacklevel=3)
