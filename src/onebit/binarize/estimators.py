@@ -152,8 +152,9 @@ class ProgressiveBinarizer(Binarizer):
     (the hard switch to sign) at t = switch.  The authors multiply tau by 0.9 per epoch and
     switch at tau < 1e-7, i.e. from epoch 153 of 512: with the trainer's t = epoch / (epochs - 1)
     the default ``switch = log(1e-7) / log(0.9) / 511`` (0.2994) gives tau = 0.9^epoch and that
-    epoch, and the same fraction of any other run length.  While training, the latent weights are clamped in place to [-clamp, clamp]
-    (1.5 in BNext) before use; no scaling factor (the following BN absorbs it).
+    epoch, and the same fraction of any other run length.  While training, the latent weights are
+    clamped in place to [-clamp, clamp] (1.5 in BNext) before use; no scaling factor (the
+    following BN absorbs it).
     """
 
     def __init__(self, switch: float = BNEXT_SWITCH, tau_min: float = 1e-7, clamp: Optional[float] = 1.5):
