@@ -158,6 +158,10 @@ def test_cli_report_tsne_indicators(tmp_path, capsys):
     assert cli(["indicators", str(run / "best.pt"), "--o", "1,2,3", "--out", str(tmp_path / "i.png"), "--json"]) == 0
     curves = _json.loads(capsys.readouterr().out)
     assert curves["o"] == [1.0, 2.0, 3.0] and (tmp_path / "i.png").is_file()
+    from onebit.train import checkpoint
+    from onebit.train.diagnostics import fitting_error
+    trained, _ = checkpoint.load_model(run / "best.pt")
+    assert curves["fitting_error"] == [fitting_error(trained, o) for o in (1.0, 2.0, 3.0)]
     assert cli(["indicators", "--out", str(tmp_path / "g.png")]) == 0
     shutil.copy(run / "best.pt", tmp_path / "m.pt")
     assert cli(["tsne", str(tmp_path / "m.pt"), "--data", "sample", "--max-images", "0"]) == 2  # 4 classes vs 10
