@@ -949,11 +949,13 @@ def test_metrics_carry_flip_ratio_histograms_and_indicators(tmp_path, monkeypatc
     # (unclipped, sign(0) = 0), and per-layer var(|dL/dw|) of the last step's gradients, summed
     layers = [m.weight.detach().double().flatten() for m in model.modules() if isinstance(m, BinaryConv2d)]
     assert len(layers) == 18 and len(grads) == 2 and len(grads[-1]) == 18
-    fit = sum(((torch.sign(v) * v.abs() ** (1 / 3) - torch.sign(v)) ** 2).sum().sqrt().item() for v in layers)
-    assert r[-1]["fitting_error"] == pytest.approx(fit, rel=1e-9)
+
+    def fit3(vs):  # at o_end = 3
+        return sum(((torch.sign(v) * v.abs() ** (1 / 3) - torch.sign(v)) ** 2).sum().sqrt().item() for v in vs)
+
+    assert r[-1]["fitting_error"] == pytest.approx(fit3(layers), rel=1e-9)
     first = weights[1].double().split([v.numel() for v in layers])  # end of epoch 1: o = 1, but o_end = 3
-    assert r[0]["reste_o"] == 1.0 and r[0]["fitting_error"] == pytest.approx(
-        sum(((torch.sign(v) * v.abs() ** (1 / 3) - torch.sign(v)) ** 2).sum().sqrt().item() for v in first), rel=1e-9)
+    assert r[0]["reste_o"] == 1.0 and r[0]["fitting_error"] == pytest.approx(fit3(first), rel=1e-9)
     var = sum(gr.double().abs().flatten().var().item() for gr in grads[-1])
     assert var > 0 and r[-1]["stability_var"] == pytest.approx(var, rel=1e-9)
     hist = [json.loads(l) for l in (out / "histograms.jsonl").read_text().splitlines()]

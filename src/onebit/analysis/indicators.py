@@ -36,8 +36,7 @@ def indicator_curves(values, o_values: Sequence[float] = DEFAULT_O, t: float = 1
     values}; the fitting error sums ||f_o(w) - sign(w)||_2 over a model's binary layers (one norm
     over plain values).
     """
-    from ..binarize.sign import rectified_power
-    from ..train.diagnostics import estimator_indicators, fitting_error, latent_weights
+    from ..train.diagnostics import estimator_indicators, fit_norm, fitting_error, latent_weights
     model = values if isinstance(values, nn.Module) else None
     if model is not None:
         x = latent_weights(values)
@@ -52,8 +51,7 @@ def indicator_curves(values, o_values: Sequence[float] = DEFAULT_O, t: float = 1
     if not os_ or min(os_) <= 0:
         raise ValueError(f"o values must be > 0, got {list(o_values)}")
     rows = [estimator_indicators(x, o, t=t, m=m) for o in os_]
-    fit = [fitting_error(model, o) if model is not None else
-           torch.linalg.vector_norm(rectified_power(x, o) - torch.sign(x)).item() for o in os_]
+    fit = [fitting_error(model, o) if model is not None else fit_norm(x, o) for o in os_]
     return {"o": os_, "estimating_error": [r["estimating_error"] for r in rows],
             "gradient_instability": [r["gradient_instability"] for r in rows], "fitting_error": fit,
             "n": int(x.numel()), "t": t, "m": m}

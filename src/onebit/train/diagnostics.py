@@ -72,13 +72,15 @@ def estimator_indicators(x: torch.Tensor, o: float, t: float = 1.5, m: float = 0
 
 
 @torch.no_grad()
+def fit_norm(w: torch.Tensor, o: float) -> float:
+    """||f_o(w) - sign(w)||_2 over the values of ``w`` (unclipped, sign(0) = 0): one layer's term."""
+    w = w.detach().flatten().double()
+    return torch.linalg.vector_norm(rectified_power(w, o) - torch.sign(w)).item()
+
+
 def fitting_error(model: nn.Module, o: float) -> float:
     """The authors' estimating error (see module doc): sum over layers of ||f_o(w) - sign(w)||_2."""
-    total = 0.0
-    for _, m in binary_weight_layers(model):
-        w = m.weight.detach().flatten().double()
-        total += torch.linalg.vector_norm(rectified_power(w, o) - torch.sign(w)).item()
-    return total
+    return sum(fit_norm(m.weight, o) for _, m in binary_weight_layers(model))
 
 
 @torch.no_grad()
@@ -98,6 +100,9 @@ def reste_o_end(model: nn.Module) -> float | None:
     """o_end of the model's first ReSTE weight binarizer, else of its first ReSTE input binarizer
     (the authors use one o_end for both); None without ReSTE."""
     from ..binarize.estimators import ReSTE
-    weights = [m.weight_binarizer for _, m in binary_weight_layers(model)]
-    others = list(model.modules())
-    return next((b.schedule.end for b in weights + others if isinstance(b, ReSTE)), None)
+    weights = (m.weight_binarizer for _, m in binary_weight_layers(model))
+    for candidates in (weights, model.modules()):
+        b = next((b for b in candidates if isinstance(b, ReSTE)), None)
+        if b is not None:
+            return b.schedule.end
+    return None
