@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 
 from ..binarize.react import RSign
-from ..binarize.scaling import LearnedStep
 from ..layers.attention import BinaryAttention
 from . import engine
 
@@ -60,7 +59,7 @@ def packable(att: nn.Module) -> bool:
     BinaryViT's {0, alpha_P} quantizer (the full-precision twin keeps PyTorch's products)."""
     return (type(att) is BinaryAttention and not att.training
             and all(type(s) is RSign for s in (att.sign_q, att.sign_k, att.sign_v))
-            and type(att.prob) is LearnedStep and att.prob.levels == 1)
+            and att.binary_probs)
 
 
 def swap_attention(model: nn.Module) -> int:

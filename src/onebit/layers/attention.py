@@ -73,6 +73,11 @@ class BinaryAttention(nn.Module):
         b, n, c = x.shape
         return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
 
+    @property
+    def binary_probs(self) -> bool:
+        """True when P is BinaryViT's {0, alpha_P} quantizer (Eq. 8), so P / alpha_P is exactly 0 or 1."""
+        return type(self.prob) is LearnedStep and self.prob.levels == 1
+
     def probs(self, a: torch.Tensor) -> torch.Tensor:
         """P from the integer scores A of (B, heads, N, M)."""
         return self.prob(torch.softmax(a / math.sqrt(self.dim // self.heads), dim=-1))  # Eq. 7-8
@@ -87,7 +92,7 @@ class BinaryAttention(nn.Module):
         constant here (its two paths through / and * cancel), so its gradient comes through P alone, as
         for P V."""
         p = self.probs(qb @ kb.transpose(-2, -1))                                       # Eq. 6-8
-        if isinstance(self.prob, LearnedStep) and self.prob.levels == 1:
+        if self.binary_probs:
             s = self.prob.effective_step().detach()
             return s * ((p / s) @ vb)
         return p @ vb
