@@ -25,8 +25,11 @@ double best_seconds(F f) {
   return m;
 }
 
-__attribute__((noinline)) uint64_t add_chain(int64_t n, uint64_t x) {
-  for (int64_t i = 0; i < n; ++i) __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0" : "+r"(x));
+// Register operands, not immediates: Intel cores from Golden Cove on fold chains of add-immediate at
+// rename, which made this chain run at 3.5 "adds per cycle" and the clock read 14 GHz.
+__attribute__((noinline)) uint64_t add_chain(int64_t n, uint64_t x, uint64_t one) {
+  for (int64_t i = 0; i < n; ++i)
+    __asm__ volatile("add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0" : "+r"(x) : "r"(one));
   return x;
 }
 
@@ -71,6 +74,10 @@ ONEBIT_PEAK void step_loads(const uint64_t* A, int64_t n, int64_t shift, __m512i
   for (int q = 0; q < 7; ++q) o[q] = acc[q];
 }
 
+// Keeps the timed work alive.  (The exit status was this value's parity: 1 half the time, which
+// stopped kernel_bench.sh under set -e before it renamed its output.)
+volatile uint64_t keep;
+
 }  // namespace
 
 int main() {
@@ -83,7 +90,7 @@ int main() {
   for (int i = 0; i < 64 * 10 + 64; ++i) A[i] = i * 0x9E3779B97F4A7C15ULL;
   alignas(64) __m512i o[8];
   uint64_t sink = 0;
-  const double ghz = 4.0 * n / best_seconds([&] { sink += add_chain(n, sink); }) / 1e9;
+  const double ghz = 4.0 * n / best_seconds([&] { sink += add_chain(n, sink, 1); }) / 1e9;
   const double cyc = 1.0 / ghz;  // ns per cycle
   const double t_pop = best_seconds([&] { popcnt_only(n, o); }) / (8.0 * n) * 1e9;
   const double t_xa = best_seconds([&] { xor_add(n, o); }) / (16.0 * n) * 1e9;
@@ -97,5 +104,6 @@ int main() {
     std::printf("  %s: %.2f cycles (%.0f G binary MAC/s)\n",
                 shift ? "from L1, loads split across cache lines" : "from L1, aligned loads", t / cyc, 512.0 / t);
   }
-  return static_cast<int>((sink + reinterpret_cast<volatile unsigned char*>(o)[0]) & 1);
+  keep = sink + reinterpret_cast<volatile unsigned char*>(o)[0];
+  return 0;
 }
