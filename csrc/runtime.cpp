@@ -123,14 +123,47 @@ PanelKernel panel_kernel(Path p) {
 // Workers poll for the next job for about kSpinUs microseconds after each one (a convolution runs
 // two or three jobs back to back, and waking a sleeping thread costs 10-40 us, more in a VM), then
 // block on a condition variable (they must not keep stealing cores from torch or other processes).  An exception thrown by a task is caught where it happens
-// and rethrown in the caller once every task has finished.  Tasks are handed out through an atomic counter, so a
-// worker that wakes late simply finds nothing left; the caller works too and waits only until
-// every task has *finished*.  Jobs are shared_ptr-owned, so a late worker never touches a dead
+// and rethrown in the caller once every task has finished.  Tasks are handed out through atomic counters
+// (TaskParts: each participant's own part first, then the others'), so a worker that wakes late simply
+// finds nothing left; the caller works too and waits only until every task has *finished*.  Jobs are shared_ptr-owned, so a late worker never touches a dead
 // job.  After fork() the child gets a fresh pool (the parent's threads do not exist there).
 
 namespace {
 
 constexpr int64_t kSpinUs = 50;
+
+// The tasks of one parallel_for, split into one contiguous part per participant (the caller is
+// participant 0).  Each takes its own part first and then helps with the others', so participant i
+// runs the same tasks call after call while every thread keeps up: the same tiles, and the cache
+// lines of their outputs, stay in one core's cache from one call of a layer to the next.  With one
+// shared counter the tiles changed threads from call to call and those lines moved between cores:
+// the 64 -> 64 @ 56x56 conv at 2 threads took 0.134 ms against 0.100 ms split this way (C++
+// medians, Intel Xeon VM, session 19; about 0.17 ms at 1 thread either way).  A late thread finds
+// its part done by the others.
+class TaskParts {
+ public:
+  TaskParts(int64_t ntasks, int parts) : ntasks_(ntasks), parts_(std::max(1, parts)),
+                                         next_(new std::atomic<int64_t>[parts_]) {
+    for (int i = 0; i < parts_; ++i) next_[i].store(begin(i), std::memory_order_relaxed);
+  }
+
+  // runs tasks, own part first, until none is left; fn(t) for each task t taken
+  template <class F>
+  void drain(int part, F&& fn) {
+    for (int k = 0; k < parts_; ++k) {
+      const int i = (part % parts_ + k) % parts_;
+      const int64_t end = begin(i + 1);
+      for (int64_t t; (t = next_[i].fetch_add(1, std::memory_order_relaxed)) < end;) fn(t);
+    }
+  }
+
+ private:
+  int64_t begin(int i) const { return ntasks_ * i / parts_; }
+
+  int64_t ntasks_;
+  int parts_;
+  std::unique_ptr<std::atomic<int64_t>[]> next_;
+};
 
 inline void cpu_relax() {
 #if ONEBIT_X86
@@ -141,10 +174,12 @@ inline void cpu_relax() {
 }
 
 struct Job {
-  const std::function<void(int64_t)>* fn = nullptr;
-  int64_t ntasks = 0;
-  int nworkers = 0;  // workers (besides the caller) allowed to take part
-  std::atomic<int64_t> next{0};
+  Job(const std::function<void(int64_t)>* fn, int64_t ntasks, int nworkers)
+      : fn(fn), ntasks(ntasks), nworkers(nworkers), parts(ntasks, nworkers + 1) {}
+  const std::function<void(int64_t)>* fn;
+  int64_t ntasks;
+  int nworkers;  // workers (besides the caller) allowed to take part
+  TaskParts parts;
   std::atomic<int64_t> done{0};
   std::mutex error_mu;
   std::exception_ptr error;  // the first exception a task threw, rethrown in the caller
@@ -159,10 +194,7 @@ class ThreadPool {
       return;
     }
     const int nworkers = static_cast<int>(std::min<int64_t>(nthreads, ntasks)) - 1;
-    auto job = std::make_shared<Job>();
-    job->fn = &fn;
-    job->ntasks = ntasks;
-    job->nworkers = nworkers;
+    auto job = std::make_shared<Job>(&fn, ntasks, nworkers);
     {
       std::lock_guard<std::mutex> lk(mu_);
       while (static_cast<int>(threads_) < nworkers) {
@@ -174,7 +206,7 @@ class ThreadPool {
       posted_.store(generation_, std::memory_order_release);
     }
     cv_.notify_all();
-    work(*job);
+    work(*job, 0);
     // wait for tasks taken by workers to finish: spin briefly, then sleep
     for (int spin = 0; job->done.load(std::memory_order_acquire) < ntasks; ++spin) {
       if (spin < 2000) {
@@ -193,10 +225,8 @@ class ThreadPool {
   }
 
  private:
-  void work(Job& job) {
-    for (;;) {
-      const int64_t t = job.next.fetch_add(1, std::memory_order_relaxed);
-      if (t >= job.ntasks) return;
+  void work(Job& job, int part) {
+    job.parts.drain(part, [&](int64_t t) {
       try {
         (*job.fn)(t);
       } catch (...) {  // never let an exception escape a worker thread (std::terminate)
@@ -207,7 +237,7 @@ class ThreadPool {
         std::lock_guard<std::mutex> lk(mu_);
         done_cv_.notify_all();
       }
-    }
+    });
   }
 
   void worker(int id) {
@@ -228,7 +258,7 @@ class ThreadPool {
         seen = generation_;
         job = job_;
       }
-      if (job && id < job->nworkers) work(*job);
+      if (job && id < job->nworkers) work(*job, id + 1);
     }
   }
 
@@ -273,6 +303,7 @@ namespace {
 struct SharedOpenMP {
   void (*parallel)(void (*)(void*), void*, unsigned, unsigned) = nullptr;  // GOMP_parallel
   int (*in_parallel)() = nullptr;                                          // omp_in_parallel
+  int (*thread_num)() = nullptr;                                           // omp_get_thread_num
   std::string library;
 };
 
@@ -303,9 +334,11 @@ SharedOpenMP lookup_openmp() {
     if (!h) continue;
     auto par = reinterpret_cast<decltype(r.parallel)>(dlsym(h, "GOMP_parallel"));
     auto inpar = reinterpret_cast<decltype(r.in_parallel)>(dlsym(h, "omp_in_parallel"));
-    if (par && inpar) {
+    auto tnum = reinterpret_cast<decltype(r.thread_num)>(dlsym(h, "omp_get_thread_num"));
+    if (par && inpar && tnum) {
       r.parallel = par;
       r.in_parallel = inpar;
+      r.thread_num = tnum;
       r.library = lib;
       return r;  // the handle stays open: the runtime must outlive every call
     }
@@ -349,25 +382,25 @@ const SharedOpenMP* shared_openmp() {
 }
 
 struct OmpJob {
+  OmpJob(const std::function<void(int64_t)>* fn, int64_t ntasks, int nthreads, int (*thread_num)())
+      : fn(fn), thread_num(thread_num), parts(ntasks, nthreads) {}
   const std::function<void(int64_t)>* fn;
-  int64_t ntasks;
-  std::atomic<int64_t> next{0};
+  int (*thread_num)();
+  TaskParts parts;  // one per requested thread; a smaller team drains the parts of the missing ones
   std::mutex error_mu;
   std::exception_ptr error;
 };
 
 void omp_body(void* data) {
   auto& job = *static_cast<OmpJob*>(data);
-  for (;;) {
-    const int64_t t = job.next.fetch_add(1, std::memory_order_relaxed);
-    if (t >= job.ntasks) return;
+  job.parts.drain(job.thread_num(), [&](int64_t t) {
     try {
       (*job.fn)(t);
     } catch (...) {  // an exception must not leave an OpenMP thread
       std::lock_guard<std::mutex> lk(job.error_mu);
       if (!job.error) job.error = std::current_exception();
     }
-  }
+  });
 }
 
 }  // namespace
@@ -396,10 +429,9 @@ void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t
       for (int64_t t = 0; t < ntasks; ++t) fn(t);
       return;
     }
-    OmpJob job;
-    job.fn = &fn;
-    job.ntasks = ntasks;
-    omp->parallel(omp_body, &job, static_cast<unsigned>(std::min<int64_t>(nthreads, ntasks)), 0);
+    const int team = static_cast<int>(std::min<int64_t>(nthreads, ntasks));
+    OmpJob job(&fn, ntasks, team, omp->thread_num);
+    omp->parallel(omp_body, &job, static_cast<unsigned>(team), 0);
     if (job.error) std::rethrow_exception(job.error);
     return;
   }

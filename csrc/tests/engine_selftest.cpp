@@ -299,8 +299,8 @@ void test_surrogate(std::mt19937& rng, Path path) {
 }
 
 void test_thread_pool() {
-  for (int nt : {1, 2, 4}) {
-    for (int64_t ntasks : {0, 1, 3, 100}) {
+  for (int nt : {1, 2, 3, 4}) {  // task counts below, at and off multiples of the threads (parts)
+    for (int64_t ntasks : {0, 1, 2, 3, 5, 7, 100}) {
       std::vector<std::atomic<int>> hits(ntasks);
       parallel_for(ntasks, nt, [&](int64_t t) { hits[t]++; });
       bool ok = true;
