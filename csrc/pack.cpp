@@ -12,6 +12,13 @@
 #include <immintrin.h>
 #endif
 
+// GCC 12's _mm512_unpacklo/hi_epi32 use a deliberately uninitialised temporary and warn about it at
+// every use (as in kernels_avx512.cpp); the warning is noise here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 namespace onebit {
 namespace {
 

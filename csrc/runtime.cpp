@@ -134,17 +134,16 @@ constexpr int64_t kSpinUs = 50;
 
 // The tasks of one parallel_for, split into one contiguous part per participant (the caller is
 // participant 0).  Each takes its own part first and then helps with the others', so participant i
-// runs the same tasks call after call while every thread keeps up: the same tiles, and the cache
-// lines of their outputs, stay in one core's cache from one call of a layer to the next.  With one
-// shared counter the tiles changed threads from call to call and those lines moved between cores:
-// the 64 -> 64 @ 56x56 conv at 2 threads took 0.134 ms against 0.100 ms split this way (C++
-// medians, Intel Xeon VM, session 19; about 0.17 ms at 1 thread either way).  A late thread finds
-// its part done by the others.
+// runs the same tasks call after call while every thread keeps up, and within a call the packed
+// rows a thread wrote are mostly the ones its tiles read: the cache lines stay in one core's cache
+// (the likely reason for the gain).  With one shared counter the 64 -> 64 @ 56x56 conv at 2 threads
+// took 0.155 ms, split this way 0.106 ms (Python, back-to-back medians on torch's OpenMP team,
+// results/conv_microbench_xeon_run3.json and _run4.json, Intel Xeon VM).  A late thread finds its
+// part done by the others.  Each counter has a cache line of its own.
 class TaskParts {
  public:
-  TaskParts(int64_t ntasks, int parts) : ntasks_(ntasks), parts_(std::max(1, parts)),
-                                         next_(new std::atomic<int64_t>[parts_]) {
-    for (int i = 0; i < parts_; ++i) next_[i].store(begin(i), std::memory_order_relaxed);
+  TaskParts(int64_t ntasks, int parts) : ntasks_(ntasks), parts_(std::max(1, parts)), next_(new Counter[parts_]) {
+    for (int i = 0; i < parts_; ++i) next_[i].v.store(begin(i), std::memory_order_relaxed);
   }
 
   // runs tasks, own part first, until none is left; fn(t) for each task t taken
@@ -153,16 +152,20 @@ class TaskParts {
     for (int k = 0; k < parts_; ++k) {
       const int i = (part % parts_ + k) % parts_;
       const int64_t end = begin(i + 1);
-      for (int64_t t; (t = next_[i].fetch_add(1, std::memory_order_relaxed)) < end;) fn(t);
+      for (int64_t t; (t = next_[i].v.fetch_add(1, std::memory_order_relaxed)) < end;) fn(t);
     }
   }
 
  private:
-  int64_t begin(int i) const { return ntasks_ * i / parts_; }
+  struct alignas(64) Counter {
+    std::atomic<int64_t> v;
+  };
+  // ntasks * i / parts without overflow
+  int64_t begin(int i) const { return ntasks_ / parts_ * i + ntasks_ % parts_ * i / parts_; }
 
   int64_t ntasks_;
   int parts_;
-  std::unique_ptr<std::atomic<int64_t>[]> next_;
+  std::unique_ptr<Counter[]> next_;
 };
 
 inline void cpu_relax() {
@@ -335,7 +338,7 @@ SharedOpenMP lookup_openmp() {
     auto par = reinterpret_cast<decltype(r.parallel)>(dlsym(h, "GOMP_parallel"));
     auto inpar = reinterpret_cast<decltype(r.in_parallel)>(dlsym(h, "omp_in_parallel"));
     auto tnum = reinterpret_cast<decltype(r.thread_num)>(dlsym(h, "omp_get_thread_num"));
-    if (par && inpar && tnum) {
+    if (par && inpar) {
       r.parallel = par;
       r.in_parallel = inpar;
       r.thread_num = tnum;
@@ -385,7 +388,8 @@ struct OmpJob {
   OmpJob(const std::function<void(int64_t)>* fn, int64_t ntasks, int nthreads, int (*thread_num)())
       : fn(fn), thread_num(thread_num), parts(ntasks, nthreads) {}
   const std::function<void(int64_t)>* fn;
-  int (*thread_num)();
+  int (*thread_num)();      // omp_get_thread_num; without it, parts go by order of arrival
+  std::atomic<int> arrived{0};
   TaskParts parts;  // one per requested thread; a smaller team drains the parts of the missing ones
   std::mutex error_mu;
   std::exception_ptr error;
@@ -393,7 +397,8 @@ struct OmpJob {
 
 void omp_body(void* data) {
   auto& job = *static_cast<OmpJob*>(data);
-  job.parts.drain(job.thread_num(), [&](int64_t t) {
+  const int part = job.thread_num ? job.thread_num() : job.arrived.fetch_add(1, std::memory_order_relaxed);
+  job.parts.drain(part, [&](int64_t t) {
     try {
       (*job.fn)(t);
     } catch (...) {  // an exception must not leave an OpenMP thread
