@@ -222,6 +222,17 @@ def test_attend_sums_codes_exactly_with_the_plain_products_gradients(alpha_grad)
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+def test_attention_compiles_without_graph_breaks():
+    """The exact P V path (binary_probs: an exact type check on the quantizer) traces in one graph, as
+    the compiled BinaryViT recipes need; with Bi-SR-MHA too."""
+    import torch._dynamo as dynamo
+    torch.manual_seed(0)
+    for sr in (1, 2):
+        att = BinaryAttention(16, 2, sr_ratio=sr)
+        assert att.binary_probs
+        assert dynamo.explain(att)(torch.randn(2, 16, 16), (4, 4)).graph_break_count == 0
+
+
 def test_attention_products_closed_form():
     """Eq. 6-8 and the head's RPReLU(BN(P sgn(V + b_v)) + Q + K + V) written out, with a distinct
     random RSign shift on each of Q, K, V and a random RPReLU (gamma, slope, zeta)."""
