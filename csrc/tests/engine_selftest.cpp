@@ -364,6 +364,7 @@ void test_pack_tail_reads(std::mt19937& rng, Path path) {
 
 int main() {
   std::mt19937 rng(1234);
+  std::printf("threads %s\n", thread_backend().c_str());
   test_thread_pool();
   for (Path path : {Path::Portable, Path::AVX2, Path::AVX512}) {
     if (!path_available(path)) continue;
