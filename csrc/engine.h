@@ -114,8 +114,8 @@ void popcount_taps_avx2(const uint64_t*, int64_t, const int64_t*, const uint64_t
 
 // ---- threads ----------------------------------------------------------------------------------
 // Runs fn(t) for t in [0, ntasks) on up to nthreads threads (the caller included), each thread
-// taking its own contiguous share of the tasks first and then helping with the others': on the team of the OpenMP runtime already loaded in the process (torch's), or
-// else on a persistent std::thread pool; nested or concurrent calls run serially in the calling
+// taking its own contiguous share of the tasks first and then helping with the others': on the team
+// of the OpenMP runtime already loaded in the process (torch's), or else on a persistent std::thread pool; nested or concurrent calls run serially in the calling
 // thread.  If tasks throw, the first exception is rethrown in the caller after all tasks have finished.
 void parallel_for(int64_t ntasks, int nthreads, const std::function<void(int64_t)>& fn);
 // "openmp:<library path>" or "pool"

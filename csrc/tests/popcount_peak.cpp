@@ -25,8 +25,8 @@ double best_seconds(F f) {
   return m;
 }
 
-// Register operands, not immediates: Intel cores from Golden Cove on fold chains of add-immediate at
-// rename, which made this chain run at 3.5 "adds per cycle" and the clock read 14 GHz.
+// Register operands, not immediates: some Intel cores fold chains of add-immediate at rename (the
+// Xeon VM of session 19: the immediate chain ran at 3.5 "adds per cycle" and the clock read 14 GHz).
 __attribute__((noinline)) uint64_t add_chain(int64_t n, uint64_t x, uint64_t one) {
   for (int64_t i = 0; i < n; ++i)
     __asm__ volatile("add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0" : "+r"(x) : "r"(one));
