@@ -7,7 +7,8 @@
 #                       compiled -> results/binaryvit_table3.json (the README table; issue 6); about 2 h;
 #   3. reste-relu-e300: the ReSTE recipe (conv -> ReLU -> BN branches) for 300 epochs (eager: the
 #                       engine's training ops make it 1.47x faster); recorded
-#                       (results/runs/reste-resnet20-cifar10-e300.json), so skipped unless RUNS_DIR holds it;
+#                       (results/runs/reste-resnet20-cifar10-e300.json), so skipped (a recorded run is, unless
+#                       RUNS_DIR holds its last.pt);
 #   3b. reste-kd-e300:  the same with logits KD (soft cross-entropy) from the fp teacher, for the 84% bar
 #                       that the plain run missed (82.90%);
 #   4. binaryvit-e100:  the full BinaryViT-CIFAR (pyramid) for the recipe's 100 epochs, compiled (issue 6's 80% bar
@@ -20,7 +21,8 @@
 # cut off: such a session's untracked files are recovered, its /work/runs is not.
 # Every run resumes from RUNS_DIR/<run>/last.pt (or from the copy committed under results/wip/<run>),
 # so the queue survives the end of a working session: start it again.  A finished run is recorded
-# (scripts/record_run.sh -> results/runs/<recipe>-<run suffix>.json and the README table).
+# (scripts/record_run.sh -> results/runs/<recipe>-<run suffix>.json and the README table) and, when it beats
+# the zoo's entry for its recipe, put in the zoo and checked packed (zoo() below).
 # PYTHON sets the interpreter (default .venv/bin/python); THREADS, when set, the torch threads of every
 # run, resumed ones included.  (Splitting the cores does not pay: two 1-thread benchmark processes
 # gave 330 img/s together against 254 for one 2-thread ReSTE ResNet-20, but the real 1-thread run
@@ -44,6 +46,9 @@ run() {
   local name=$1 record=$2 out="$runs/$1"
   shift 2
   if [ -f "$out/results.json" ]; then echo "$name: finished"; return; fi
+  if [ ! -f "$out/last.pt" ] && [ -f "$here/results/runs/$record.json" ]; then
+    echo "$name: finished and recorded in an earlier session (results/runs/$record.json)"; return
+  fi
   if [ ! -f "$out/last.pt" ] && [ -d "$here/results/wip/$name" ]; then
     mkdir -p "$out" && cp "$here/results/wip/$name/"* "$out/"
   fi
@@ -54,6 +59,28 @@ run() {
   fi
   echo "$(date -u +%FT%TZ) $name finished" >> "$runs/$name.log"
   bash "$here/scripts/record_run.sh" "$out" "$record" >> "$runs/$name.log" 2>&1
+}
+
+# zoo RUN_DIR NAME: put the run's best checkpoint in the zoo as NAME when its best validation top-1 beats
+# the entry there (or there is none), and check its packed twin on every held-out image
+# (-> results/pack_exactness.json); a rerun of the queue finds the entry equal and leaves it
+zoo() {
+  local out=$1 name=$2
+  [ -f "$out/results.json" ] || return 0
+  if "$py" - "$out/results.json" "$here/src/onebit/zoo/$name.json" <<'EOF'
+import json, sys
+new = json.load(open(sys.argv[1]))["metrics"]["best_val_top1"]
+try:
+    old = json.load(open(sys.argv[2]))["metrics"]["best_val_top1"]
+except FileNotFoundError:
+    old = None
+print(f"zoo entry {sys.argv[2]}: best val top-1 {old}; the run's: {new}")
+sys.exit(0 if old is None or new > old else 1)
+EOF
+  then
+    "$py" -m onebit.cli zoo-add "$out/best.pt" --name "$name" --force
+    "$py" "$here/benchmarks/pack_exactness.py" "zoo:$name" --data "$data" --split val
+  fi >> "$out.log" 2>&1
 }
 
 # The teacher is recorded (results/runs/fp-resnet20-cifar10-e80.json) and shipped as zoo:fp_resnet20_cifar10;
@@ -70,15 +97,16 @@ if [ ! -f "$runs/table3.done" ]; then
     --runs "$runs/table3" --set train.compile=true --out results/binaryvit_table3.json >> "$runs/table3.log" 2>&1 \
     && touch "$runs/table3.done"
 fi
-if [ -d "$runs/reste-relu-e300" ] || [ ! -f "$here/results/runs/reste-resnet20-cifar10-e300.json" ]; then
-  run reste-relu-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
-    --set train.epochs=300 --set train.threads=2
-fi
+run reste-relu-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
+  --set train.epochs=300 --set train.threads=2
 run reste-kd-e300 reste-resnet20-cifar10-kd-e300 --recipe reste-resnet20-cifar10 \
   --set train.epochs=300 --set train.threads=2 --set "kd={teacher: $teacher}"
+zoo "$runs/reste-kd-e300" reste_resnet20_cifar10
 run binaryvit-e100 binaryvit-cifar10-pyramid-e100 --recipe binaryvit-cifar10-pyramid \
   --set train.threads=2 --set train.compile=true
+zoo "$runs/binaryvit-e100" binaryvit_cifar10_pyramid
 stages='[{name: binary-activations, epochs: 120, set: {model.weight_binarizer: null, train.weight_decay: 1.0e-5}},'
 stages+=' {name: binary-weights-and-activations, epochs: 120, set: {train.weight_decay: 0.0}}]'
 run reactnet-e240 reactnet-resnet20-cifar10-e240 --recipe reactnet-resnet20-cifar10 \
   --set train.threads=2 --set train.compile=true --set "kd.teacher=$teacher" --set "stages=$stages"
+zoo "$runs/reactnet-e240" reactnet_resnet20_cifar10
