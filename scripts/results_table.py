@@ -22,6 +22,10 @@ TABLE3_START, TABLE3_END = "<!-- table3:start -->", "<!-- table3:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
+# overrides every long run sets (where the data lie, threads, compile) or that the table shows (epochs)
+ROUTINE_OVERRIDES = {"data.root", "train.threads", "train.compile", "train.epochs"}
+
+
 def fmt(v, nd=2):
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -37,13 +41,15 @@ def table() -> str:
         pre = (r.get("model_kwargs") or {}).get("pre_bn_act", "identity")
         if pre != "identity":  # conv -> act -> BN branches (the ReSTE authors' ResNet-20)
             model += f" (conv-{pre}-BN)"
-        rows.append(f"| {r['recipe']} | {model} | {r['epochs']} | {fmt(m.get('best_val_top1'))} | "
+        keys = [o.split("=", 1)[0] for o in r.get("overrides", [])]
+        other = ", ".join(f"`{k}`" for k in keys if k not in ROUTINE_OVERRIDES) or "-"
+        rows.append(f"| {r['recipe']} | {other} | {model} | {r['epochs']} | {fmt(m.get('best_val_top1'))} | "
                     f"{fmt(m.get('final_val_top1'))} | {r['n_val']} | {r['wall_time_s'] / 3600:.1f} h | "
                     f"{gpu or cpu} | {r['commit']} | `results/runs/{p.name}` |")
     if not rows:
         return "No finished runs recorded yet."
-    head = ("| recipe | model | epochs | best val top-1 (%) | final val top-1 (%) | val images | wall time | "
-            "machine | commit | file |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| recipe | other overrides | model | epochs | best val top-1 (%) | final val top-1 (%) | val images | wall time | "
+            "machine | commit | file |\n|---|---|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 
