@@ -10,7 +10,7 @@
 #                       (results/runs/reste-resnet20-cifar10-e300.json), so skipped (a recorded run is, unless
 #                       RUNS_DIR holds its last.pt);
 #   3b. reste-kd-e300:  the same with logits KD (soft cross-entropy) from the fp teacher, for the 84% bar
-#                       that the plain run missed (82.90%);
+#                       that the plain run missed (82.90%); the teacher compiled, the student eager;
 #   4. binaryvit-e100:  the full BinaryViT-CIFAR (pyramid) for the recipe's 100 epochs, compiled (issue 6's 80% bar
 #                       and its zoo entry; ahead of ReActNet, whose 86% the 60-epoch run's 76.14% leaves far off);
 #   5. reactnet-e240:   the two-stage ReActNet recipe, 120 + 120 epochs, KD from fp-e80, compiled
@@ -52,8 +52,14 @@ run() {
   if [ ! -f "$out/last.pt" ] && [ -d "$here/results/wip/$name" ]; then
     mkdir -p "$out" && cp "$here/results/wip/$name/"* "$out/"
   fi
+  local keep=() prev=  # a kd.compile among ARGS holds on resume too (an execution setting)
+  for a in "$@"; do
+    if [ "$prev" = --set ] && [[ $a == kd.compile=* ]]; then keep=(--set "$a"); fi
+    prev=$a
+  done
   if [ -f "$out/recipe.yaml" ]; then
-    "$py" -m onebit.cli train --out "$out" --resume --set "data.root=$data" "${threads[@]}" >> "$runs/$name.log" 2>&1
+    "$py" -m onebit.cli train --out "$out" --resume --set "data.root=$data" "${threads[@]}" "${keep[@]}" \
+      >> "$runs/$name.log" 2>&1
   else
     "$py" -m onebit.cli train --out "$out" --set "data.root=$data" "$@" "${threads[@]}" >> "$runs/$name.log" 2>&1
   fi
@@ -100,7 +106,7 @@ fi
 run reste-relu-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
   --set train.epochs=300 --set train.threads=2
 run reste-kd-e300 reste-resnet20-cifar10-kd-e300 --recipe reste-resnet20-cifar10 \
-  --set train.epochs=300 --set train.threads=2 --set "kd={teacher: $teacher}"
+  --set train.epochs=300 --set train.threads=2 --set "kd={teacher: $teacher}" --set kd.compile=true
 zoo "$runs/reste-kd-e300" reste_resnet20_cifar10
 run binaryvit-e100 binaryvit-cifar10-pyramid-e100 --recipe binaryvit-cifar10-pyramid \
   --set train.threads=2 --set train.compile=true

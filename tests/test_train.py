@@ -970,7 +970,7 @@ def test_resume_may_change_data_root_and_threads_only(tmp_path, capsys):
     out = tmp_path / "run"
     assert train(recipe, out, quiet=True, stop_after_steps=2)["interrupted"]
     assert main(["train", "--out", str(out), "--resume", "--set", "train.epochs=5"]) == 2
-    assert "only --set data.root=PATH and --set train.threads=N" in capsys.readouterr().err
+    assert "only --set data.root=PATH, --set train.threads=N (N >= 1) and --set kd.compile" in capsys.readouterr().err
     assert main(["train", "--out", str(out), "--resume", "--set", "train.threads=0"]) == 2
     assert "'train.threads=0'" in capsys.readouterr().err
     old = torch.get_num_threads()
@@ -980,6 +980,41 @@ def test_resume_may_change_data_root_and_threads_only(tmp_path, capsys):
     finally:
         torch.set_num_threads(old)
     assert C.load(out / "last.pt")["recipe"]["train"]["threads"] == 1 and rows(out)[-1]["epoch"] == 2
+
+
+def test_kd_compile_compiles_the_teacher_alone(tmp_path, capsys, monkeypatch):
+    """kd.compile: true compiles the teacher of an eager student (train.compile false); unset, the
+    teacher follows train.compile; --resume may switch it (an execution setting, like the thread
+    count), only on a run that has a teacher; anything but a boolean or null is refused."""
+    import onebit.train.loop as L
+    p = tiny_recipe(tmp_path, epochs=2)
+    train(load_recipe(str(p)), tmp_path / "teacher", quiet=True)
+    teacher = f"teacher: {tmp_path / 'teacher' / 'best.pt'}"
+    made = []
+
+    class Spy(Teacher):  # records what the trainer asks for; builds an eager teacher (compiling takes long)
+        def __init__(self, model, compile=False):
+            made.append(compile)
+            super().__init__(model)
+
+    monkeypatch.setattr(L, "Teacher", Spy)
+    out = tmp_path / "student"
+    assert train(load_recipe(str(p), [f"kd={{{teacher}, compile: true}}"]), out, quiet=True,
+                 stop_after_steps=2)["interrupted"]
+    assert made == [True] and load_recipe(str(p), [f"kd={{{teacher}}}"])["train"]["compile"] is False
+    assert cli(["train", "--out", str(out), "--resume", "--quiet", "--set", "kd.compile=false"]) == 0
+    assert made == [True, False] and C.load(out / "last.pt")["recipe"]["kd"]["compile"] is False
+    assert rows(out)[-1]["epoch"] == 2
+    train(load_recipe(str(p), [f"kd={{{teacher}}}"]), tmp_path / "plain_kd", quiet=True, stop_after_steps=1)
+    assert made[-1] is False  # unset: as train.compile (false here)
+    assert cli(["train", "--out", str(out), "--resume", "--set", "kd.compile=yes"]) == 2
+    assert "not 'kd.compile=yes'" in capsys.readouterr().err
+    nokd = tmp_path / "nokd"
+    assert train(load_recipe(str(p)), nokd, quiet=True, stop_after_steps=1)["interrupted"]
+    assert cli(["train", "--out", str(nokd), "--resume", "--set", "kd.compile=true"]) == 2
+    assert "this run distils from no teacher" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="kd.compile must be true, false or null"):
+        load_recipe(str(p), [f"kd={{{teacher}, compile: 1}}"])
 
 
 def test_eval_val_split_is_the_runs_own_holdout(tmp_path, capsys):

@@ -24,7 +24,7 @@ def cmd_list_recipes(args) -> int:
 
 def cmd_train(args) -> int:
     from .train import load_recipe, train
-    data_root = threads = None
+    data_root = threads = compile_teacher = None
     if args.resume and (args.recipe or args.force):
         raise ValueError(f"--resume continues the run in --out with its own recipe: drop "
                          f"{'--recipe' if args.recipe else '--force'} (or drop --resume to start a new run)")
@@ -33,16 +33,18 @@ def cmd_train(args) -> int:
                          "(--set data.root=PATH if it moved)")
     if args.download:
         args.set = (args.set or []) + ["data.download=true"]
-    if args.resume:  # the run's own recipe is used; only where the data lives and the thread count may change
+    if args.resume:  # the run's own recipe; only where the data lives, threads and the teacher's compilation may change
         for s in args.set or []:
             key, _, value = s.partition("=")
             if key == "data.root":
                 data_root = value
             elif key == "train.threads" and value.isdigit() and int(value) > 0:
                 threads = int(value)
+            elif key == "kd.compile" and value in ("true", "false"):
+                compile_teacher = value == "true"
             else:
-                raise ValueError(f"with --resume only --set data.root=PATH and --set train.threads=N (N >= 1) "
-                                 f"may be given, not {s!r} (the run keeps its recipe)")
+                raise ValueError(f"with --resume only --set data.root=PATH, --set train.threads=N (N >= 1) and "
+                                 f"--set kd.compile=true|false may be given, not {s!r} (the run keeps its recipe)")
         recipe = None
     elif not args.recipe:
         raise ValueError("train needs --recipe NAME|FILE (or --resume to continue a run)")
@@ -52,7 +54,7 @@ def cmd_train(args) -> int:
             raise ValueError(f"--download fetches CIFAR-10/100, but recipe {recipe['name']!r} reads "
                              f"data.name={recipe['data']['name']}: put its data in place (data.root)")
     res = train(recipe, args.out, resume=args.resume, force=args.force, quiet=args.quiet, data_root=data_root,
-                threads=threads)
+                threads=threads, compile_teacher=compile_teacher)
     if res.get("interrupted"):
         return 130
     m = res["metrics"]

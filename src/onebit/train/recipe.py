@@ -84,7 +84,8 @@ DEFAULTS: dict = {
         "tensorboard": False,
         "indicators": False,         # log ReSTE's indicators each epoch (onebit's and the authors' definitions)
     },
-    "kd": None,                      # {teacher: PATH | zoo:NAME | registry name, temperature, alpha}
+    "kd": None,                      # {teacher: PATH | zoo:NAME | registry name, temperature, alpha, loss,
+                                     #  compile (the teacher alone; null: as train.compile)}
     "stages": None,                  # two-stage training: list of {name, epochs, set: {key: value}}
     "overrides": [],                 # filled by load_recipe: the command-line overrides applied
 }
@@ -292,7 +293,7 @@ def _check_mapping(value, key: str, known, example: str) -> None:
     if bad:
         colon = " (YAML needs a space after each colon: " + example + ")" if any(":" in k for k in bad) else ""
         raise ValueError(f"unknown {key} keys {bad}; known: {', '.join(known)}{colon}")
-KD_KEYS = ("teacher", "temperature", "alpha", "loss")  # what the trainer's LogitsKD reads
+KD_KEYS = ("teacher", "temperature", "alpha", "loss", "compile")  # what the trainer reads (LogitsKD, Teacher)
 
 
 def check_values(recipe: dict) -> None:
@@ -334,6 +335,8 @@ def check_values(recipe: dict) -> None:
         for key in ("temperature", "alpha"):
             if key in kd and (isinstance(kd[key], bool) or not isinstance(kd[key], (int, float))):
                 raise ValueError(f"kd.{key} must be a number, got {kd[key]!r}")
+        if kd.get("compile") is not None and not isinstance(kd["compile"], bool):
+            raise ValueError(f"kd.compile must be true, false or null (null: as train.compile), got {kd['compile']!r}")
     for i, st in enumerate(recipe.get("stages") or []):
         e = st.get("epochs") if isinstance(st, dict) else None
         if e is not None and (not isinstance(e, int) or e < 1):
