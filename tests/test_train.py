@@ -828,7 +828,7 @@ def test_yaml_reads_exponent_floats():
 def test_zoo_roundtrip(tmp_path, monkeypatch):
     from onebit import zoo
     out = tmp_path / "run"
-    train(load_recipe(str(tiny_recipe(tmp_path, epochs=1))), out, quiet=True)
+    train(load_recipe(str(tiny_recipe(tmp_path, epochs=1)), ["train.label_smoothing=0.1"]), out, quiet=True)
     zdir = tmp_path / "zoo"
     zdir.mkdir()
     monkeypatch.setattr(zoo, "ZOO_DIR", zdir)
@@ -840,6 +840,7 @@ def test_zoo_roundtrip(tmp_path, monkeypatch):
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), ref(x))
     assert zoo.meta("tiny_synthetic")["class_names"] == meta["class_names"]
+    assert zoo.meta("tiny_synthetic")["overrides"] == ["train.label_smoothing=0.1"]  # how the recipe was changed
     assert model.pretrained_cfg["class_names"] == meta["class_names"] and "mean" in model.pretrained_cfg
     fresh = onebit.create_model("tiny_synthetic")  # architecture only
     assert not torch.equal(fresh.fc.weight, model.fc.weight)

@@ -6,7 +6,8 @@ Each entry is two files in this folder, named after the recipe that trained it
 - ``NAME.safetensors``: the state dict (safetensors: no pickle, nothing executes on load);
 - ``NAME.json``: what rebuilds and uses it: ``model`` (registry name), ``model_kwargs``,
   ``class_names``, ``mean``/``std`` (input normalisation), ``input_size`` [C, H, W],
-  ``recipe``, ``progress``, and the validation ``metrics`` and ``commit`` of the run.
+  ``recipe``, ``progress``, and the validation ``metrics``, ``commit`` and recipe ``overrides``
+  of the run (a KD teacher added to the recipe, say).
 
 ``create_model(NAME, pretrained=True)`` loads one; ``list_models(pretrained=True)`` lists them;
 ``onebit zoo-add CHECKPOINT --name NAME`` adds one from a training checkpoint.
@@ -67,7 +68,7 @@ def add(checkpoint, name: str, zoo_dir=None, force: bool = False) -> Path:
     run = Path(checkpoint).parent / "results.json"
     extra = _json.loads(run.read_text()) if run.is_file() else {}
     info = {**info, "metrics": extra.get("metrics", {"best": ckpt.get("best")}), "commit": extra.get("commit"),
-            "epochs": extra.get("epochs"), "wall_time_s": extra.get("wall_time_s"),
+            "overrides": extra.get("overrides"), "epochs": extra.get("epochs"), "wall_time_s": extra.get("wall_time_s"),
             "machine": extra.get("machine"), "data": extra.get("data")}
     C.write_atomic(out / f"{name}.json", lambda f: f.write((_json.dumps(info, indent=2) + "\n").encode()))
     for suffix in (".safetensors", ".json"):  # package data: readable by all, whatever the umask
