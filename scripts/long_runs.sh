@@ -19,8 +19,9 @@
 # results/stopped/reste-identity-e300.)
 # RUNS_DIR inside the checkout (untracked, not ignored, e.g. live/) survives a working session that is
 # cut off: such a session's untracked files are recovered, its /work/runs is not.
-# Every run resumes from RUNS_DIR/<run>/last.pt (or from the copy committed under results/wip/<run>),
-# so the queue survives the end of a working session: start it again.  A finished run is recorded
+# Every run resumes from RUNS_DIR/<run>/last.pt (or from the copy committed under results/wip/<run>:
+# `python scripts/wip_snapshot.py RUNS_DIR/<run>` makes it, then commit it), so the queue survives the
+# end of a working session: start it again.  A finished run is recorded
 # (scripts/record_run.sh -> results/runs/<recipe>-<run suffix>.json and the README table) and, when it beats
 # the zoo's entry for its recipe, put in the zoo and checked packed (zoo() below).
 # PYTHON sets the interpreter (default .venv/bin/python); THREADS, when set, the torch threads of every

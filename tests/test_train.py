@@ -352,6 +352,35 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_wip_snapshot_resumes_like_the_uninterrupted_run(tmp_path, capsys):
+    """scripts/wip_snapshot.py (a long run's state, committed at the end of a working session) copies
+    one consistent state: a metrics row written after the last.pt it read does not travel, so a run
+    resumed from the copy ends exactly as the uninterrupted run."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "scripts" / "wip_snapshot.py"
+    spec = importlib.util.spec_from_file_location("wip_snapshot", path)
+    wip = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(wip)
+    recipe = load_recipe(str(tiny_recipe(tmp_path, epochs=3)))
+    train(recipe, tmp_path / "a", quiet=True)
+    run = tmp_path / "b"
+    assert train(recipe, run, quiet=True, stop_after_steps=4)["interrupted"]  # 1 batch into epoch 2
+    with open(run / "metrics.jsonl", "a") as f:  # as if epoch 2 had ended after last.pt was read
+        f.write(json.dumps({"stage": "main", "epoch": 2, "val_top1": -1.0}) + "\n")
+    assert wip.main([str(run), "--dest", str(tmp_path / "wip")]) == 0
+    assert "state after epoch 1 of 3 and 1 batches of epoch 2" in capsys.readouterr().out
+    assert [r["epoch"] for r in rows(tmp_path / "wip")] == [1]
+    assert sorted(p.name for p in (tmp_path / "wip").iterdir()) == ["best.pt", "histograms.jsonl", "last.pt",
+                                                                    "metrics.jsonl", "recipe.yaml"]
+    shutil.copytree(tmp_path / "wip", tmp_path / "c")
+    train(None, tmp_path / "c", resume=True, quiet=True)
+    keys = ("epoch", "train_loss", "train_top1", "val_top1", "val_loss", "lr")
+    assert [[r[k] for k in keys] for r in rows(tmp_path / "c")] == [[r[k] for k in keys] for r in rows(tmp_path / "a")]
+    assert wip.main([str(run), "--name", "../x"]) == 2 and "must be a folder name" in capsys.readouterr().err
+
+
 def test_epoch_schedules_in_the_middle_of_a_run(tmp_path):
     """3 epochs: progress t = epoch / (epochs - 1) = 0, 1/2, 1, so the logged ReSTE o follows the cos
     schedule o(t) = 1 + (o_end - 1)(1 - cos(pi t / 2)); the logged lr is the lr of each epoch's last
