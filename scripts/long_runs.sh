@@ -65,29 +65,42 @@ run() {
     "$py" -m onebit.cli train --out "$out" --set "data.root=$data" "$@" "${threads[@]}" >> "$runs/$name.log" 2>&1
   fi
   echo "$(date -u +%FT%TZ) $name finished" >> "$runs/$name.log"
-  bash "$here/scripts/record_run.sh" "$out" "$record" >> "$runs/$name.log" 2>&1
+  bash "$here/scripts/record_run.sh" "$out" "$record" >> "$runs/$name.log" 2>&1 \
+    || echo "$name: not recorded, see $runs/$name.log" >&2
 }
 
 # zoo RUN_DIR NAME: put the run's best checkpoint in the zoo as NAME when its best validation top-1 beats
-# the entry there (or there is none), and check its packed twin on every held-out image
-# (-> results/pack_exactness.json); a rerun of the queue finds the entry equal and leaves it
+# the entry there (or there is none), then check its packed twin on every held-out image
+# (-> results/pack_exactness.json); RUN_DIR/zoo.done marks the step done (the entry not beaten, or
+# added and checked), so that a pass cut short between the two is finished by the next one.  A
+# failure is one line in the queue's log and the queue goes on.
 zoo() {
-  local out=$1 name=$2
-  [ -f "$out/results.json" ] || return 0
-  if "$py" - "$out/results.json" "$here/src/onebit/zoo/$name.json" <<'EOF'
+  local out=$1 name=$2 rc=0
+  [ -f "$out/results.json" ] && [ ! -f "$out/zoo.done" ] || return 0
+  "$py" - "$out/results.json" "$here/src/onebit/zoo/$name.json" >> "$out.log" 2>&1 <<'EOF' || rc=$?
 import json, sys
-new = json.load(open(sys.argv[1]))["metrics"]["best_val_top1"]
+run = json.load(open(sys.argv[1]))
 try:
-    old = json.load(open(sys.argv[2]))["metrics"]["best_val_top1"]
+    entry = json.load(open(sys.argv[2]))
 except FileNotFoundError:
-    old = None
-print(f"zoo entry {sys.argv[2]}: best val top-1 {old}; the run's: {new}")
-sys.exit(0 if old is None or new > old else 1)
+    entry = None
+new, old = run["metrics"]["best_val_top1"], entry and entry["metrics"]["best_val_top1"]
+mine = entry is not None and (entry["metrics"], entry.get("wall_time_s")) == (run["metrics"], run["wall_time_s"])
+print(f"zoo entry {sys.argv[2]}: best val top-1 {old}; the run's: {new}" + (" (this run's)" if mine else ""))
+sys.exit(3 if mine else 0 if old is None or new > old else 4)
 EOF
-  then
-    "$py" -m onebit.cli zoo-add "$out/best.pt" --name "$name" --force
-    "$py" "$here/benchmarks/pack_exactness.py" "zoo:$name" --data "$data" --split val
-  fi >> "$out.log" 2>&1
+  case $rc in
+    0) "$py" -m onebit.cli zoo-add "$out/best.pt" --name "$name" --force >> "$out.log" 2>&1 \
+         || { echo "zoo $name: zoo-add failed, see $out.log" >&2; return 0; } ;;
+    3) ;;  # added by an earlier pass: check it
+    4) touch "$out/zoo.done"; return 0 ;;
+    *) echo "zoo $name: comparing the run with the entry failed (exit $rc), see $out.log" >&2; return 0 ;;
+  esac
+  if "$py" "$here/benchmarks/pack_exactness.py" "zoo:$name" --data "$data" --split val >> "$out.log" 2>&1; then
+    touch "$out/zoo.done"
+  else
+    echo "zoo $name: pack_exactness failed, see $out.log" >&2
+  fi
 }
 
 # The teacher is recorded (results/runs/fp-resnet20-cifar10-e80.json) and shipped as zoo:fp_resnet20_cifar10;
@@ -106,6 +119,7 @@ if [ ! -f "$runs/table3.done" ]; then
 fi
 run reste-relu-e300 reste-resnet20-cifar10-e300 --recipe reste-resnet20-cifar10 \
   --set train.epochs=300 --set train.threads=2
+zoo "$runs/reste-relu-e300" reste_resnet20_cifar10
 run reste-kd-e300 reste-resnet20-cifar10-kd-e300 --recipe reste-resnet20-cifar10 \
   --set train.epochs=300 --set train.threads=2 --set "kd={teacher: $teacher}" --set kd.compile=true
 zoo "$runs/reste-kd-e300" reste_resnet20_cifar10

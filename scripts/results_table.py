@@ -22,8 +22,8 @@ TABLE3_START, TABLE3_END = "<!-- table3:start -->", "<!-- table3:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
-# overrides every long run sets (where the data lie, threads, compile) or that the table shows (epochs)
-ROUTINE_OVERRIDES = {"data.root", "train.threads", "train.compile", "train.epochs"}
+# overrides every long run sets (where the data lie, threads, compilation) or that the table shows (epochs)
+ROUTINE_OVERRIDES = {"data.root", "train.threads", "train.compile", "kd.compile", "train.epochs"}
 
 
 def fmt(v, nd=2):

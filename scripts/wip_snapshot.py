@@ -4,9 +4,11 @@
 
 scripts/long_runs.sh resumes a run from results/wip/NAME on a fresh machine (a new session's VM has
 none of the last one's files).  The copy is one consistent state, whatever the trainer is doing
-meanwhile: last.pt is read once (it is written atomically), and metrics.jsonl and
-histograms.jsonl are cut to the epochs that last.pt has finished, so that the resumed run appends
-after them and not after rows it will write again.  best.pt and recipe.yaml come as they are.
+meanwhile: last.pt is read once (it is written atomically); best.pt must be the best epoch that
+last.pt names (else both are read again: a new best was written in between); metrics.jsonl and
+histograms.jsonl are cut to the epochs that last.pt has finished (a line still being written is
+left out), so that the resumed run appends after them and not after rows it will write again.
+Everything is read before anything in the destination changes; its README.md stays.
 Prints one line for the wip README: where the run stands and its best epoch so far.
 """
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import shutil
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,34 +27,66 @@ from onebit.train.loop import stage_list
 ROOT = Path(__file__).resolve().parent.parent
 
 
+SNAPSHOT = ("last.pt", "best.pt", "recipe.yaml", "metrics.jsonl", "histograms.jsonl")
+
+
 def rows_up_to(path: Path, stage: int, epoch: int, stage_names: list) -> str:
-    """The lines of a per-epoch JSONL file up to (stage, epoch), in the file's order."""
+    """The lines of a per-epoch JSONL file up to (stage, epoch), in the file's order; a last line
+    that does not parse is one the trainer is still writing, and is left out."""
+    lines = path.read_text().splitlines()
     keep = []
-    for line in path.read_text().splitlines():
-        r = json.loads(line)
+    for i, line in enumerate(lines):
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON") from None
         s = stage_names.index(r["stage"]) if r.get("stage") in stage_names else 0
         if (s, r["epoch"]) <= (stage, epoch):
             keep.append(line)
     return "".join(line + "\n" for line in keep)
 
 
+def _load(raw: bytes) -> dict:
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+
+def read_state(run: Path, tries: int = 20, wait: float = 3.0) -> tuple[dict, dict]:
+    """(last.pt's checkpoint, {file: bytes}) with best.pt the best epoch that last.pt names."""
+    for _ in range(tries):
+        raw = {"last.pt": (run / "last.pt").read_bytes()}  # one read: it may be replaced meanwhile
+        ckpt = _load(raw["last.pt"])
+        if not (run / "best.pt").is_file():
+            return ckpt, raw
+        raw["best.pt"] = (run / "best.pt").read_bytes()
+        best, named = _load(raw["best.pt"]), ckpt.get("best") or {}
+        names = [st["name"] for st in stage_list(ckpt["recipe"])]
+        if (names[int(best["stage"])], int(best["epoch"])) == (named.get("stage"), named.get("epoch")):
+            return ckpt, raw
+        time.sleep(wait)  # a new best.pt came after this last.pt: read both again
+    raise RuntimeError(f"{run}: best.pt and last.pt kept disagreeing on the best epoch; try again")
+
+
 def snapshot(run: Path, dest: Path) -> str:
-    raw = (run / "last.pt").read_bytes()  # one read: the file may be replaced (atomically) meanwhile
-    ckpt = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    ckpt, files = read_state(run)
     # epoch: the stage's finished epochs; batch > 0: a checkpoint taken that far into the next one
     stage, epoch, batch = int(ckpt["stage"]), int(ckpt["epoch"]), int(ckpt["batch"])
     stages = stage_list(ckpt["recipe"])
     names = [st["name"] for st in stages]
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / "last.pt.tmp"
-    tmp.write_bytes(raw)
-    tmp.replace(dest / "last.pt")
     for f in ("metrics.jsonl", "histograms.jsonl"):
         if (run / f).is_file():
-            (dest / f).write_text(rows_up_to(run / f, stage, epoch, names))
-    for f in ("best.pt", "recipe.yaml"):
-        if (run / f).is_file():
-            shutil.copyfile(run / f, dest / f)
+            files[f] = rows_up_to(run / f, stage, epoch, names).encode()
+    if (run / "recipe.yaml").is_file():
+        files["recipe.yaml"] = (run / "recipe.yaml").read_bytes()
+    dest.mkdir(parents=True, exist_ok=True)
+    for f, data in files.items():  # everything is read: now write, each file atomically
+        tmp = dest / (f + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(dest / f)
+    for f in SNAPSHOT:  # what the run no longer has goes from the copy too
+        if f not in files and (dest / f).exists():
+            (dest / f).unlink()
     best = ckpt.get("best") or {}
     where = f"after epoch {epoch} of {stages[stage]['epochs']}" + (f" and {batch} batches of epoch {epoch + 1}"
                                                                  if batch else "")

@@ -367,18 +367,30 @@ def test_wip_snapshot_resumes_like_the_uninterrupted_run(tmp_path, capsys):
     train(recipe, tmp_path / "a", quiet=True)
     run = tmp_path / "b"
     assert train(recipe, run, quiet=True, stop_after_steps=4)["interrupted"]  # 1 batch into epoch 2
-    with open(run / "metrics.jsonl", "a") as f:  # as if epoch 2 had ended after last.pt was read
-        f.write(json.dumps({"stage": "main", "epoch": 2, "val_top1": -1.0}) + "\n")
+    with open(run / "metrics.jsonl", "a") as f:  # as if epoch 2 had ended after last.pt was read,
+        f.write(json.dumps({"stage": "main", "epoch": 2, "val_top1": -1.0}) + "\n")  # and epoch 3
+        f.write('{"stage": "main", "epo')  # were being written
+    (tmp_path / "wip").mkdir()
+    (tmp_path / "wip" / "README.md").write_text("kept")
+    (tmp_path / "wip" / "histograms.jsonl").write_text("stale")  # from an older copy: the run has none now
+    (run / "histograms.jsonl").unlink()
     assert wip.main([str(run), "--dest", str(tmp_path / "wip")]) == 0
     assert "state after epoch 1 of 3 and 1 batches of epoch 2" in capsys.readouterr().out
     assert [r["epoch"] for r in rows(tmp_path / "wip")] == [1]
-    assert sorted(p.name for p in (tmp_path / "wip").iterdir()) == ["best.pt", "histograms.jsonl", "last.pt",
+    assert sorted(p.name for p in (tmp_path / "wip").iterdir()) == ["README.md", "best.pt", "last.pt",
                                                                     "metrics.jsonl", "recipe.yaml"]
     shutil.copytree(tmp_path / "wip", tmp_path / "c")
+    (tmp_path / "c" / "README.md").unlink()
     train(None, tmp_path / "c", resume=True, quiet=True)
     keys = ("epoch", "train_loss", "train_top1", "val_top1", "val_loss", "lr")
     assert [[r[k] for k in keys] for r in rows(tmp_path / "c")] == [[r[k] for k in keys] for r in rows(tmp_path / "a")]
     assert wip.main([str(run), "--name", "../x"]) == 2 and "must be a folder name" in capsys.readouterr().err
+    # a best.pt of another epoch than the one last.pt names as best (written in between): read again, then refuse
+    best = C.load(run / "best.pt")
+    best["epoch"] = 99
+    torch.save(best, run / "best.pt")
+    with pytest.raises(RuntimeError, match="kept disagreeing"):
+        wip.read_state(run, tries=2, wait=0.0)
 
 
 def test_epoch_schedules_in_the_middle_of_a_run(tmp_path):
@@ -1032,9 +1044,11 @@ def test_kd_compile_compiles_the_teacher_alone(tmp_path, capsys, monkeypatch):
     assert train(load_recipe(str(p), [f"kd={{{teacher}, compile: true}}"]), out, quiet=True,
                  stop_after_steps=2)["interrupted"]
     assert made == [True] and load_recipe(str(p), [f"kd={{{teacher}}}"])["train"]["compile"] is False
-    assert cli(["train", "--out", str(out), "--resume", "--quiet", "--set", "kd.compile=false"]) == 0
+    assert train(None, out, resume=True, quiet=True, compile_teacher=False, stop_after_steps=2)["interrupted"]
     assert made == [True, False] and C.load(out / "last.pt")["recipe"]["kd"]["compile"] is False
-    assert rows(out)[-1]["epoch"] == 2
+    # last.pt (false) now differs from recipe.yaml (true) in kd.compile alone, which a resume accepts
+    assert cli(["train", "--out", str(out), "--resume", "--quiet", "--set", "kd.compile=true"]) == 0
+    assert made == [True, False, True] and rows(out)[-1]["epoch"] == 2
     train(load_recipe(str(p), [f"kd={{{teacher}}}"]), tmp_path / "plain_kd", quiet=True, stop_after_steps=1)
     assert made[-1] is False  # unset: as train.compile (false here)
     assert cli(["train", "--out", str(out), "--resume", "--set", "kd.compile=yes"]) == 2
