@@ -70,8 +70,8 @@ run() {
 }
 
 # zoo RUN_DIR NAME: put the run's best checkpoint in the zoo as NAME when its best validation top-1 beats
-# the entry there (or there is none), then check its packed twin on every held-out image
-# (-> results/pack_exactness.json); RUN_DIR/zoo.done marks the step done (the entry not beaten, or
+# the entry there (or there is none; the README's zoo table follows), then check its packed twin on
+# every held-out image (-> results/pack_exactness.json); RUN_DIR/zoo.done marks the step done (the entry not beaten, or
 # added and checked), so that a pass cut short between the two is finished by the next one.  A
 # failure is one line in the queue's log and the queue goes on.
 zoo() {
@@ -90,8 +90,8 @@ print(f"zoo entry {sys.argv[2]}: best val top-1 {old}; the run's: {new}" + (" (t
 sys.exit(3 if mine else 0 if old is None or new > old else 4)
 EOF
   case $rc in
-    0) "$py" -m onebit.cli zoo-add "$out/best.pt" --name "$name" --force >> "$out.log" 2>&1 \
-         || { echo "zoo $name: zoo-add failed, see $out.log" >&2; return 0; } ;;
+    0) { "$py" -m onebit.cli zoo-add "$out/best.pt" --name "$name" --force && "$py" "$here/scripts/results_table.py"; } \
+         >> "$out.log" 2>&1 || { echo "zoo $name: zoo-add failed, see $out.log" >&2; return 0; } ;;
     3) ;;  # added by an earlier pass: check it
     4) touch "$out/zoo.done"; return 0 ;;
     *) echo "zoo $name: comparing the run with the entry failed (exit $rc), see $out.log" >&2; return 0 ;;

@@ -3,9 +3,9 @@
     python scripts/results_table.py            # rewrites the blocks between the markers in README.md
     python scripts/results_table.py --check    # exit 1 if README.md is out of date
 
-The zoo runs' table reads results/runs/*.json: each is the results.json that `onebit train`
-wrote into a run directory, copied here when the run finished (scripts/record_run.sh does the
-copy).  The BinaryViT Table 3 block reads results/binaryvit_table3.json
+The zoo's table reads its entries' JSON files (src/onebit/zoo/*.json, written by `onebit zoo-add`).
+The runs' table reads results/runs/*.json: each is the results.json that `onebit train` wrote into
+a run directory, copied here when the run finished (scripts/record_run.sh does the copy).  The BinaryViT Table 3 block reads results/binaryvit_table3.json
 (benchmarks/binaryvit_table3.py); the ReSTE ablation block results/reste_ablation.json
 (benchmarks/reste_ablation.py).
 """
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TABLE3_START, TABLE3_END = "<!-- table3:start -->", "<!-- table3:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
+ZOO_START, ZOO_END = "<!-- zoo:start -->", "<!-- zoo:end -->"
 
 
 # overrides every long run sets (where the data lie, threads, compilation) or that the table shows (epochs)
@@ -41,15 +42,39 @@ def table() -> str:
         pre = (r.get("model_kwargs") or {}).get("pre_bn_act", "identity")
         if pre != "identity":  # conv -> act -> BN branches (the ReSTE authors' ResNet-20)
             model += f" (conv-{pre}-BN)"
-        keys = [o.split("=", 1)[0] for o in r.get("overrides", [])]
-        other = ", ".join(f"`{k}`" for k in keys if k not in ROUTINE_OVERRIDES) or "-"
-        rows.append(f"| {r['recipe']} | {other} | {model} | {r['epochs']} | {fmt(m.get('best_val_top1'))} | "
+        rows.append(f"| {r['recipe']} | {other_overrides(r.get('overrides'))} | {model} | {r['epochs']} | {fmt(m.get('best_val_top1'))} | "
                     f"{fmt(m.get('final_val_top1'))} | {r['n_val']} | {r['wall_time_s'] / 3600:.1f} h | "
                     f"{gpu or cpu} | {r['commit']} | `results/runs/{p.name}` |")
     if not rows:
         return "No finished runs recorded yet."
     head = ("| recipe | other overrides | model | epochs | best val top-1 (%) | final val top-1 (%) | val images | wall time | "
             "machine | commit | file |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(rows)
+
+
+def other_overrides(overrides) -> str:
+    """The recipe keys a run changed beyond the routine ones, or "-" (None: not recorded)."""
+    if overrides is None:
+        return "not recorded"
+    keys = [o.split("=", 1)[0] for o in overrides]
+    return ", ".join(f"`{k}`" for k in keys if k not in ROUTINE_OVERRIDES) or "-"
+
+
+def zoo_table() -> str:
+    """The zoo's entries, from their own JSON files (src/onebit/zoo/NAME.json, written by zoo-add)."""
+    rows = []
+    for p in sorted((ROOT / "src" / "onebit" / "zoo").glob("*.json")):
+        z = json.loads(p.read_text())
+        m = z.get("metrics") or {}
+        model = z["model"]
+        pre = (z.get("model_kwargs") or {}).get("pre_bn_act", "identity")
+        if pre != "identity":
+            model += f" (conv-{pre}-BN)"
+        rows.append(f"| `{p.stem}` | {model} | {z.get('recipe')} | {other_overrides(z.get('overrides'))} | "
+                    f"{z.get('epochs', '-')} | {fmt(m.get('best_val_top1'))} | {fmt(m.get('final_val_top1'))} | "
+                    f"{z.get('commit')} |")
+    head = ("| entry | model | recipe | other overrides | epochs | best val top-1 (%) | final val top-1 (%) | commit |\n"
+            "|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
 
 
@@ -111,6 +136,7 @@ def main(argv=None) -> int:
     new = replace_block(readme, START, END, table())
     new = replace_block(new, TABLE3_START, TABLE3_END, table3())
     new = replace_block(new, ABLATION_START, ABLATION_END, ablation())
+    new = replace_block(new, ZOO_START, ZOO_END, zoo_table())
     if args.check:
         return 0 if new == readme else 1
     (ROOT / "README.md").write_text(new)
