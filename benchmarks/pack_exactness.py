@@ -5,12 +5,15 @@
 For each model, packed without and with BN folding, and unfolded with int8 first and last layers
 (the issue's post-training quantization option): how many images get a different top-1 prediction,
 the largest logit difference relative to the largest logit of that image, whether the logits are
-bit-identical, and the top-1 accuracy of each (and of the PyTorch model) against the labels.
-Appends to results/pack_exactness.json.
+bit-identical, and the top-1 accuracy of each (and of the PyTorch model) against the labels, with
+the SHA-256 of the weights file checked (a zoo entry's safetensors, or the checkpoint).
+Appends to results/pack_exactness.json; docs/deploy.md's zoo table is generated from it
+(scripts/results_table.py), for the entries whose weights it checked.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -21,6 +24,11 @@ import torch
 from onebit.cli import eval_loader, load_for_eval
 from onebit.deploy import cpu_features, get_path, pack, quantize_int8
 from onebit.train.loop import git_commit
+from onebit.zoo import ZOO_DIR
+
+
+def weights_file(spec: str) -> Path:
+    return ZOO_DIR / f"{spec[4:]}.safetensors" if spec.startswith("zoo:") else Path(spec)
 
 
 def compare(spec: str, data: str, split: str) -> dict:
@@ -45,7 +53,8 @@ def compare(spec: str, data: str, split: str) -> dict:
     n = stats["unfolded"]["images"]
     for s in stats.values():
         s["top1"] = 100.0 * s.pop("correct") / max(n, 1)
-    return {"model": spec, "registry_name": meta.get("model"), "data": data, "split": split,
+    digest = hashlib.sha256(weights_file(spec).read_bytes()).hexdigest()
+    return {"model": spec, "registry_name": meta.get("model"), "weights_sha256": digest, "data": data, "split": split,
             "top1_pytorch": 100.0 * correct / max(n, 1), "int8_layers": int8_layers, **stats}
 
 

@@ -70,10 +70,11 @@ run() {
 }
 
 # zoo RUN_DIR NAME: put the run's best checkpoint in the zoo as NAME when its best validation top-1 beats
-# the entry there (or there is none; the README's zoo table follows), then check its packed twin on
-# every held-out image (-> results/pack_exactness.json); RUN_DIR/zoo.done marks the step done (the entry not beaten, or
-# added and checked), so that a pass cut short between the two is finished by the next one.  A
-# failure is one line in the queue's log and the queue goes on.
+# the entry there (or there is none), then check its packed twin on every held-out image
+# (-> results/pack_exactness.json), regenerating the README's and docs/deploy.md's tables after
+# each; RUN_DIR/zoo.done marks the step done (the entry not beaten, or added and checked), so that a
+# pass cut short between the two is finished by the next one.  A failure is one line in the queue's
+# log and the queue goes on.
 zoo() {
   local out=$1 name=$2 rc=0
   [ -f "$out/results.json" ] && [ ! -f "$out/zoo.done" ] || return 0
@@ -96,7 +97,8 @@ EOF
     4) touch "$out/zoo.done"; return 0 ;;
     *) echo "zoo $name: comparing the run with the entry failed (exit $rc), see $out.log" >&2; return 0 ;;
   esac
-  if "$py" "$here/benchmarks/pack_exactness.py" "zoo:$name" --data "$data" --split val >> "$out.log" 2>&1; then
+  if { "$py" "$here/benchmarks/pack_exactness.py" "zoo:$name" --data "$data" --split val \
+         && "$py" "$here/scripts/results_table.py"; } >> "$out.log" 2>&1; then
     touch "$out/zoo.done"
   else
     echo "zoo $name: pack_exactness failed, see $out.log" >&2

@@ -7,7 +7,8 @@ The zoo's table reads its entries' JSON files (src/onebit/zoo/*.json, written by
 The runs' table reads results/runs/*.json: each is the results.json that `onebit train` wrote into
 a run directory, copied here when the run finished (scripts/record_run.sh does the copy).  The BinaryViT Table 3 block reads results/binaryvit_table3.json
 (benchmarks/binaryvit_table3.py); the ReSTE ablation block results/reste_ablation.json
-(benchmarks/reste_ablation.py).
+(benchmarks/reste_ablation.py).  docs/deploy.md's table of the zoo's packed twins reads
+results/pack_exactness.json (benchmarks/pack_exactness.py).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 TABLE3_START, TABLE3_END = "<!-- table3:start -->", "<!-- table3:end -->"
 ABLATION_START, ABLATION_END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 ZOO_START, ZOO_END = "<!-- zoo:start -->", "<!-- zoo:end -->"
+EXACT_START, EXACT_END = "<!-- zoo-exactness:start -->", "<!-- zoo-exactness:end -->"  # in docs/deploy.md
 
 
 # overrides every long run sets (where the data lie, threads, compilation) or that the table shows (epochs)
@@ -78,6 +80,30 @@ def zoo_table() -> str:
     return head + "\n" + "\n".join(rows)
 
 
+def zoo_exactness_table() -> str:
+    """Each zoo entry's packed twin against it (results/pack_exactness.json, the newest check of the
+    entry's present weights, matched by their SHA-256)."""
+    import hashlib
+    checks = result("pack_exactness.json") or []
+    rows = []
+    for p in sorted((ROOT / "src" / "onebit" / "zoo").glob("*.safetensors")):
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        found = [(e, r) for e in checks for r in e["results"] if r.get("weights_sha256") == digest]
+        if not found:
+            rows.append(f"| {p.stem} | no check of these weights on record: `python benchmarks/pack_exactness.py "
+                        f"zoo:{p.stem} --data CIFAR_ROOT --split val` | | | | | |")
+            continue
+        e, r = found[-1]
+        u, f, q = r["unfolded"], r["fold_bn"], r["int8_first_last"]
+        rows.append(f"| {p.stem} | {r['top1_pytorch']:.2f}% | {u['top1']:.2f}%, {'bit-identical' if u['bit_identical'] else 'not bit-identical'}"
+                    f" ({u['prediction_mismatches']} of {u['images']} predictions differ) | {f['top1']:.2f}% "
+                    f"({f['prediction_mismatches']} differ) | {q['top1']:.2f}% ({q['top1'] - r['top1_pytorch']:+.2f}) | "
+                    f"{q['prediction_mismatches']} | {e['commit']} |")
+    head = ("| zoo model | top-1 PyTorch | packed | packed, BN folded | packed, int8 first/last | "
+            "predictions changed by int8 | checked at commit |\n|---|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(rows)
+
+
 def result(name: str):
     """results/NAME as a dict, or None before the experiment has written it."""
     p = ROOT / "results" / name
@@ -122,7 +148,7 @@ def ablation() -> str:
 
 def replace_block(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
-        raise SystemExit(f"README.md has no {start} ... {end} block")
+        raise SystemExit(f"no {start} ... {end} block in the file")
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{body}\n{end}{tail}"
@@ -137,9 +163,12 @@ def main(argv=None) -> int:
     new = replace_block(new, TABLE3_START, TABLE3_END, table3())
     new = replace_block(new, ABLATION_START, ABLATION_END, ablation())
     new = replace_block(new, ZOO_START, ZOO_END, zoo_table())
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    new_deploy = replace_block(deploy, EXACT_START, EXACT_END, zoo_exactness_table())
     if args.check:
-        return 0 if new == readme else 1
+        return 0 if (new, new_deploy) == (readme, deploy) else 1
     (ROOT / "README.md").write_text(new)
+    (ROOT / "docs" / "deploy.md").write_text(new_deploy)
     return 0
 
 

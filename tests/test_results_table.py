@@ -1,4 +1,5 @@
-"""The README's result tables are generated from result files, never typed: they must be current."""
+"""The result tables of README.md and docs/deploy.md are generated from result files, never typed:
+they must be current."""
 import importlib.util
 import json
 from pathlib import Path
@@ -13,9 +14,10 @@ def load_script():
     return mod
 
 
-def test_readme_tables_match_their_files():
-    """Every generated block of README.md (zoo, runs, Table 3, ReSTE ablation) is what the files
-    give now: a result file or zoo entry changed without `python scripts/results_table.py` fails."""
+def test_generated_tables_match_their_files():
+    """Every generated block (README.md: zoo, runs, Table 3, ReSTE ablation; docs/deploy.md: the zoo's
+    packed twins) is what the files give now: a result file or zoo entry changed without
+    `python scripts/results_table.py` fails."""
     assert load_script().main(["--check"]) == 0
 
 
